@@ -1,0 +1,1 @@
+"""The HTTP edge: litestar app, middleware, controllers, OpenAPI, static pages."""

@@ -1,0 +1,1 @@
+"""Process plumbing shared by every role: settings, database, migrations, telemetry, logs."""

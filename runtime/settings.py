@@ -1,0 +1,174 @@
+"""Settings from SWITCHBOARD_* environment variables and an optional TOML file, checked at start."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ENV_PREFIX = "SWITCHBOARD_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it as the operator would type it."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # PostgreSQL. The app role owns nothing and cannot bypass RLS; the admin URL is used only by
+    # `switchboard migrate` (and by `dev`) to create roles and apply migrations.
+    database_url: str | None = None
+    admin_database_url: str | None = None
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    app_db_password: str | None = None
+
+    nats_url: str | None = None
+    events_stream_replicas: int = 1
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_url: str | None = None
+    max_body_bytes: int = 1_048_576
+    trusted_proxies: list[str] = []
+
+    # Rate limits: sustained requests per second and burst, per client IP and per tenant.
+    ip_rate: float = 20.0
+    ip_burst: int = 100
+    tenant_rate: float = 200.0
+    tenant_burst: int = 1000
+
+    jwt_issuer: str = "switchboard"
+    jwt_audience: str = "switchboard-api"
+    access_token_seconds: int = 900
+    refresh_token_seconds: int = 30 * 24 * 3600
+    verification_token_seconds: int = 48 * 3600
+    invitation_token_seconds: int = 7 * 24 * 3600
+    password_reset_seconds: int = 3600
+    master_key: str | None = None
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    mail_from: str = "Switchboard <no-reply@switchboard.localhost>"
+
+    otlp_endpoint: str | None = None
+    service_name: str = "switchboard"
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    data_dir: str = ".switchboard"
+    node_id: str = "node-1"
+    test_mode: bool = False
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("http_port", 0 <= self.http_port <= 65535, "must be a TCP port (0-65535)"),
+            ("smtp_port", 0 < self.smtp_port <= 65535, "must be a TCP port (1-65535)"),
+            ("db_pool_min", self.db_pool_min >= 0, "must be >= 0"),
+            ("db_pool_max", self.db_pool_max >= max(1, self.db_pool_min), "must be >= db_pool_min"),
+            ("max_body_bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
+            ("access_token_seconds", 30 <= self.access_token_seconds <= 86400, "30..86400"),
+            ("refresh_token_seconds", self.refresh_token_seconds >= 60, "must be >= 60"),
+            ("ip_rate", self.ip_rate > 0, "must be > 0"),
+            ("tenant_rate", self.tenant_rate > 0, "must be > 0"),
+            ("ip_burst", self.ip_burst >= 1, "must be >= 1"),
+            ("tenant_burst", self.tenant_burst >= 1, "must be >= 1"),
+            ("events_stream_replicas", self.events_stream_replicas in (1, 3, 5), "1, 3 or 5"),
+            ("log_format", self.log_format in ("json", "text"), "json or text"),
+            ("log_level", self.log_level.upper() in _LEVELS, "DEBUG, INFO, WARNING or ERROR"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"{name}: {why}")
+        if self.master_key is not None and len(_b64_or_hex(self.master_key)) != 32:
+            raise ValueError("master_key: must be 32 bytes, hex or base64 encoded")
+
+    @property
+    def master_key_bytes(self) -> bytes | None:
+        return None if self.master_key is None else _b64_or_hex(self.master_key)
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
+
+
+_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+_FIELDS = set(Settings.__struct_fields__)
+
+
+def _b64_or_hex(value: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        pass
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=False)
+    except binascii.Error:
+        return b""
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _parse_env_value(field: str, raw: str) -> Any:
+    if field == "trusted_proxies":
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    return raw
+
+
+def load_settings(
+    env: dict[str, str] | None = None, file: str | Path | None = None, **overrides: Any
+) -> Settings:
+    """Build settings: TOML file (SWITCHBOARD_CONFIG), then environment, then overrides."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    path = file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(
+                f"{ENV_PREFIX}CONFIG={path}: cannot read settings file: {exc}"
+            ) from exc
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise SettingsError(f"{path}: unknown setting '{key}'")
+            raw[key] = value
+            source[key] = f"'{key}' in {path}"
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        field = name[len(ENV_PREFIX) :].lower()
+        if field not in _FIELDS:
+            raise SettingsError(f"{name}: unknown setting (known: see runtime/settings.py)")
+        raw[field] = _parse_env_value(field, value)
+        source[field] = name
+    raw.update(overrides)
+    for field in overrides:
+        source[field] = field
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        bad = _field_of(message)
+        where = (source.get(bad) or _env_name(bad)) if bad else "settings"
+        raise SettingsError(f"{where}: {message}") from exc
+
+
+def _field_of(message: str) -> str | None:
+    match = re.search(r"`\$\.(\w+)", message)
+    if match:
+        return match.group(1)
+    head = message.split(":", 1)[0].strip()
+    return head if head in _FIELDS else None

@@ -1,0 +1,81 @@
+"""`switchboard`: one command line for every role."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import uvloop
+
+from runtime.settings import Settings, SettingsError, load_settings
+
+
+def _run(main: Coroutine[Any, Any, Any]) -> Any:
+    return uvloop.run(main)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "port", None) is not None:
+        overrides["http_port"] = args.port
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = args.data_dir
+    return load_settings(file=args.config, **overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Switchboard multi-tenant call center backend."
+    )
+    parser.add_argument("--config", help="TOML settings file (default: $SWITCHBOARD_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="everything in one process, with embedded PostgreSQL/NATS")
+    dev.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    dev.add_argument("--data-dir", help="where embedded services keep data (default .switchboard)")
+    api = sub.add_parser("api", help="the HTTP API")
+    api.add_argument("--port", type=int)
+    sub.add_parser("worker", help="outbox relay, mail delivery, housekeeping")
+    sub.add_parser("migrate", help="create roles and apply SQL migrations (admin URL)")
+    keys = sub.add_parser("keys", help="access-token signing keys")
+    keys.add_argument("action", choices=["rotate"])
+    args = parser.parse_args(argv)
+
+    from switchboard import roles  # the heavy imports only once arguments are fine
+
+    try:
+        settings = _settings(args)
+        if args.command == "dev":
+            _run(roles.run_dev(settings))
+        elif args.command == "api":
+            _run(roles.run_api(settings))
+        elif args.command == "worker":
+            _run(roles.run_worker(settings))
+        elif args.command == "migrate":
+            done = _run(roles.run_migrate(settings))
+            sys.stdout.write(f"migrations applied: {done or 'none (up to date)'}\n")
+        elif args.command == "keys":
+            kid = _run(_rotate(settings))
+            sys.stdout.write(
+                f"new signing key {kid}; older keys verify until their tokens expire\n"
+            )
+    except SettingsError as exc:
+        sys.stderr.write(f"switchboard: bad setting: {exc}\n")
+        raise SystemExit(2) from None
+    except roles.StartupError as exc:
+        sys.stderr.write(f"switchboard: {exc}\n")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+async def _rotate(settings: Settings) -> str:
+    from switchboard import roles
+
+    async with roles.open_resources(settings, role="keys") as res:
+        return await res.auth.rotate_keys()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tenants, users, roles, credentials and (later) the provisioning catalog."""
