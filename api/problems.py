@@ -72,24 +72,28 @@ def problem_response(
 
 
 _FIELD_IN_MESSAGE = re.compile(r"`\$\.([\w.\[\]]+)`")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 
 def _field_errors(extra: Any) -> list[FieldError]:
+    """Name the offending field: from msgspec's message (`$.a.b`, unknown/missing field `x`),
+    else from the parameter litestar was filling."""
     out: list[FieldError] = []
     for item in extra if isinstance(extra, list) else []:
         if not isinstance(item, dict):
             continue
         message = str(item.get("message", "invalid"))
         key = str(item.get("key") or "")
-        match = _UNKNOWN_FIELD.search(message) or _FIELD_IN_MESSAGE.search(message)
-        field = match.group(1) if match else key
-        if field == "data" or not field:
+        named = _NAMED_FIELD.search(message)
+        path = _FIELD_IN_MESSAGE.search(message)
+        if named:
+            field = named.group(1)
+        elif key and key != "data":
+            field = key + (f".{path.group(1)}" if path and path.group(1) != key else "")
+        elif path:
+            field = path.group(1)
+        else:
             field = "body"
-        elif item.get("source") == "body" and key and key != "data" and match is None:
-            field = key
-        elif key and key != "data" and match is not None and not _UNKNOWN_FIELD.search(message):
-            field = f"{key}.{field}"
         out.append(FieldError(field=field, message=message))
     return out
 

@@ -43,43 +43,69 @@ class AuthController(Controller):
     path = "/v1"
     tags = ["auth"]
     dependencies = {"origin": Provide(provide_origin)}
-    responses = _AUTH_ERRORS
 
-    @post("/signup", summary="Sign up a company and its owner")
+    @post("/signup", responses=_AUTH_ERRORS, summary="Sign up a company and its owner")
     async def signup(self, request: AnyRequest, data: SignupCreate, origin: Origin) -> Signup:
         """Creates a tenant pending verification and emails the owner a verification link."""
         return await deps_of(request).auth.signup(data, origin)
 
-    @post("/auth/verify-email", status_code=HTTP_200_OK, summary="Verify an email address")
+    @post(
+        "/auth/verify-email",
+        responses=_AUTH_ERRORS,
+        status_code=HTTP_200_OK,
+        summary="Verify an email address",
+    )
     async def verify_email(self, request: AnyRequest, data: EmailTokenIn, origin: Origin) -> Tenant:
         return await deps_of(request).auth.verify_email(data.token, origin)
 
     @post(
         "/auth/resend-verification",
+        responses=_AUTH_ERRORS,
         status_code=HTTP_202_ACCEPTED,
         summary="Send the verification mail again",
     )
     async def resend_verification(self, request: AnyRequest, data: EmailIn, origin: Origin) -> None:
         await deps_of(request).auth.resend_verification(data.email, origin)
 
-    @post("/auth/login", status_code=HTTP_200_OK, summary="Sign in with email and password")
+    @post(
+        "/auth/login",
+        responses=_AUTH_ERRORS,
+        status_code=HTTP_200_OK,
+        summary="Sign in with email and password",
+    )
     async def login(self, request: AnyRequest, data: LoginIn, origin: Origin) -> TokenPair:
         return await deps_of(request).auth.login(data.email, data.password, origin)
 
-    @post("/auth/refresh", status_code=HTTP_200_OK, summary="Rotate a refresh token")
+    @post(
+        "/auth/refresh",
+        responses=_AUTH_ERRORS,
+        status_code=HTTP_200_OK,
+        summary="Rotate a refresh token",
+    )
     async def refresh(self, request: AnyRequest, data: RefreshIn, origin: Origin) -> TokenPair:
         return await deps_of(request).auth.refresh(data.refresh_token, origin)
 
-    @post("/auth/logout", status_code=HTTP_204_NO_CONTENT, summary="End a session")
+    @post(
+        "/auth/logout",
+        responses=_AUTH_ERRORS,
+        status_code=HTTP_204_NO_CONTENT,
+        summary="End a session",
+    )
     async def logout(self, request: AnyRequest, data: RefreshIn, origin: Origin) -> None:
         await deps_of(request).auth.logout(data.refresh_token, origin)
 
-    @post("/auth/password-reset", status_code=HTTP_202_ACCEPTED, summary="Mail a reset link")
+    @post(
+        "/auth/password-reset",
+        responses=_AUTH_ERRORS,
+        status_code=HTTP_202_ACCEPTED,
+        summary="Mail a reset link",
+    )
     async def password_reset(self, request: AnyRequest, data: EmailIn, origin: Origin) -> None:
         await deps_of(request).auth.request_password_reset(data.email, origin)
 
     @post(
         "/auth/password-reset/confirm",
+        responses=_AUTH_ERRORS,
         status_code=HTTP_204_NO_CONTENT,
         summary="Set a new password with a reset link",
     )
@@ -90,6 +116,7 @@ class AuthController(Controller):
 
     @post(
         "/auth/accept-invitation",
+        responses=_AUTH_ERRORS,
         status_code=HTTP_200_OK,
         summary="Accept an invitation and sign in",
     )
@@ -105,9 +132,13 @@ class OAuthController(Controller):
     path = "/"
     tags = ["auth"]
     dependencies = {"origin": Provide(provide_origin)}
-    responses = _AUTH_ERRORS
 
-    @post("/oauth/token", status_code=HTTP_200_OK, summary="OAuth2 client-credentials grant")
+    @post(
+        "/oauth/token",
+        responses=_AUTH_ERRORS,
+        status_code=HTTP_200_OK,
+        summary="OAuth2 client-credentials grant",
+    )
     async def token(
         self,
         request: AnyRequest,
@@ -132,7 +163,11 @@ class OAuthController(Controller):
             client_id, client_secret, str(scope) if scope else None, origin
         )
 
-    @get("/.well-known/jwks.json", summary="Public keys that verify access tokens")
+    @get(
+        "/.well-known/jwks.json",
+        responses=_AUTH_ERRORS,
+        summary="Public keys that verify access tokens",
+    )
     async def jwks(self, request: AnyRequest) -> dict[str, Any]:
         return deps_of(request).auth.keys.jwks()
 

@@ -57,14 +57,13 @@ _RESPONSES = {**AUTH_RESPONSES, 409: problem_spec("Conflicts with the resource's
 class TenantScoped(Controller):
     dependencies = {"subject": Provide(provide_subject), "origin": Provide(provide_origin)}
     security = [{"bearerAuth": []}]
-    responses = _RESPONSES
 
 
 class TenantController(TenantScoped):
     path = "/v1"
     tags = ["tenant"]
 
-    @get("/me", summary="Who the credential belongs to")
+    @get("/me", responses=_RESPONSES, summary="Who the credential belongs to")
     async def me(self, subject: Subject) -> Me:
         return Me(
             tenant_id=subject.tenant_id,
@@ -74,19 +73,19 @@ class TenantController(TenantScoped):
             permissions=sorted(subject.permissions),
         )
 
-    @get("/tenant", summary="The caller's tenant")
+    @get("/tenant", responses=_RESPONSES, summary="The caller's tenant")
     async def get_tenant(self, request: AnyRequest, subject: Subject) -> Tenant:
         async with transaction(request, subject) as conn:
             return await service.get_tenant(conn, subject)
 
-    @patch("/tenant", summary="Rename the tenant")
+    @patch("/tenant", responses=_RESPONSES, summary="Rename the tenant")
     async def update_tenant(
         self, request: AnyRequest, subject: Subject, origin: Origin, data: TenantUpdate
     ) -> Tenant:
         async with transaction(request, subject) as conn:
             return await service.update_tenant(conn, subject, origin, data)
 
-    @get("/audit-log", summary="Security-relevant actions, newest first")
+    @get("/audit-log", responses=_RESPONSES, summary="Security-relevant actions, newest first")
     async def audit_log(
         self, request: AnyRequest, subject: Subject, limit: Limit = 50, starting_after: After = None
     ) -> Page[AuditEntry]:
@@ -102,7 +101,7 @@ class UserController(TenantScoped):
     path = "/v1/users"
     tags = ["users"]
 
-    @get("/", summary="List users")
+    @get("/", responses=_RESPONSES, summary="List users")
     async def list_users(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[User]:
@@ -113,12 +112,12 @@ class UserController(TenantScoped):
             )
         return page_of(items, limit)
 
-    @get("/{user_id:uuid}", summary="Get a user")
+    @get("/{user_id:uuid}", responses=_RESPONSES, summary="Get a user")
     async def get_user(self, request: AnyRequest, subject: Subject, user_id: UUID) -> User:
         async with transaction(request, subject) as conn:
             return await service.get_user(conn, subject, user_id)
 
-    @post("/", summary="Invite a user by email", status_code=201)
+    @post("/", responses=_RESPONSES, summary="Invite a user by email", status_code=201)
     async def invite_user(
         self,
         request: AnyRequest,
@@ -134,7 +133,7 @@ class UserController(TenantScoped):
             lambda conn: service.invite_user(conn, settings, subject, origin, data),
         )
 
-    @patch("/{user_id:uuid}", summary="Change a user's name, role or status")
+    @patch("/{user_id:uuid}", responses=_RESPONSES, summary="Change a user's name, role or status")
     async def update_user(
         self, request: AnyRequest, subject: Subject, origin: Origin, user_id: UUID, data: UserUpdate
     ) -> User:
@@ -146,7 +145,7 @@ class ApiKeyController(TenantScoped):
     path = "/v1/api-keys"
     tags = ["api keys"]
 
-    @get("/", summary="List API keys")
+    @get("/", responses=_RESPONSES, summary="List API keys")
     async def list_keys(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[ApiKey]:
@@ -157,12 +156,17 @@ class ApiKeyController(TenantScoped):
             )
         return page_of(items, limit)
 
-    @get("/{key_id:uuid}", summary="Get an API key (never its secret)")
+    @get("/{key_id:uuid}", responses=_RESPONSES, summary="Get an API key (never its secret)")
     async def get_key(self, request: AnyRequest, subject: Subject, key_id: UUID) -> ApiKey:
         async with transaction(request, subject) as conn:
             return await service.get_api_key(conn, subject, key_id)
 
-    @post("/", summary="Create an API key; the secret is shown once", status_code=201)
+    @post(
+        "/",
+        responses=_RESPONSES,
+        summary="Create an API key; the secret is shown once",
+        status_code=201,
+    )
     async def create_key(
         self,
         request: AnyRequest,
@@ -175,7 +179,7 @@ class ApiKeyController(TenantScoped):
             request, subject, lambda conn: service.create_api_key(conn, subject, origin, data)
         )
 
-    @delete("/{key_id:uuid}", summary="Revoke an API key", status_code=200)
+    @delete("/{key_id:uuid}", responses=_RESPONSES, summary="Revoke an API key", status_code=200)
     async def revoke_key(
         self, request: AnyRequest, subject: Subject, origin: Origin, key_id: UUID
     ) -> ApiKey:
@@ -187,7 +191,7 @@ class OAuthClientController(TenantScoped):
     path = "/v1/oauth-clients"
     tags = ["oauth clients"]
 
-    @get("/", summary="List OAuth clients")
+    @get("/", responses=_RESPONSES, summary="List OAuth clients")
     async def list_clients(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[OAuthClient]:
@@ -198,7 +202,12 @@ class OAuthClientController(TenantScoped):
             )
         return page_of(items, limit)
 
-    @post("/", summary="Create an OAuth client; the secret is shown once", status_code=201)
+    @post(
+        "/",
+        responses=_RESPONSES,
+        summary="Create an OAuth client; the secret is shown once",
+        status_code=201,
+    )
     async def create_client(
         self,
         request: AnyRequest,
@@ -211,7 +220,9 @@ class OAuthClientController(TenantScoped):
             request, subject, lambda conn: service.create_oauth_client(conn, subject, origin, data)
         )
 
-    @delete("/{client_id:uuid}", summary="Revoke an OAuth client", status_code=200)
+    @delete(
+        "/{client_id:uuid}", responses=_RESPONSES, summary="Revoke an OAuth client", status_code=200
+    )
     async def revoke_client(
         self, request: AnyRequest, subject: Subject, origin: Origin, client_id: UUID
     ) -> OAuthClient:
