@@ -1,0 +1,1 @@
+"""NATS at one edge: the connection, the EVENTS stream, typed events, consumers, the outbox."""
