@@ -138,6 +138,8 @@ async def migrate(
     if database is not None:
         admin = await asyncpg.connect(admin_dsn)
         try:
+            # Roles are cluster-wide: serialise migrators that create them or the database.
+            await admin.execute("select pg_advisory_lock($1)", _LOCK_KEY)
             await ensure_roles(admin, app_password)
             await ensure_database(admin, database)
         finally:
@@ -146,7 +148,11 @@ async def migrate(
     conn = await asyncpg.connect(target_dsn)
     try:
         if database is None:
-            await ensure_roles(conn, app_password)
+            await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
+            try:
+                await ensure_roles(conn, app_password)
+            finally:
+                await conn.execute("select pg_advisory_unlock($1)", _LOCK_KEY)
         return await apply_migrations(conn, load_migrations(migrations_dir))
     finally:
         await conn.close()

@@ -238,6 +238,12 @@ def _secret_file(path: Path, make: Callable[[], str]) -> str:
     return value
 
 
+def _data_dir(path: str) -> Path:
+    data = Path(path).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    return data
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -249,8 +255,7 @@ async def run_dev(settings: Settings) -> None:
     setup_tracing(settings.service_name, settings.otlp_endpoint, "dev")
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    data = Path(settings.data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    data = await asyncio.to_thread(_data_dir, settings.data_dir)
     overrides: dict[str, Any] = {}
     if settings.master_key is None:
         overrides["master_key"] = _secret_file(data / "master.key", lambda: secrets.token_hex(32))
@@ -267,7 +272,8 @@ async def run_dev(settings: Settings) -> None:
                 pg.superuser_dsn, MIGRATIONS, app_password=password, database="switchboard"
             )
             overrides["database_url"] = (
-                f"postgresql://{APP_ROLE}:{quote(password, safe='')}@127.0.0.1:{pg.port}/switchboard"
+                f"postgresql://{APP_ROLE}:{quote(password, safe='')}"
+                f"@127.0.0.1:{pg.port}/switchboard"
             )
         if settings.nats_url is None:
             nats = EmbeddedNats(data / "nats")

@@ -179,7 +179,10 @@ class Api:
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def signup_verified(
-        self, email_addr: str, company: str = "Acme Support", password: str = "Corr3ct-Horse-9"  # noqa: S107
+        self,
+        email_addr: str,
+        company: str = "Acme Support",
+        password: str = "Corr3ct-Horse-9",  # noqa: S107
     ) -> dict[str, Any]:
         """Sign up, verify through the mailed link, log in; returns tokens and ids."""
         r = await self.client.post(

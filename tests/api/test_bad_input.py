@@ -29,7 +29,9 @@ def _is_problem(r: Any, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     body: dict[str, Any] = r.json()
-    assert body["status"] == status and body["title"] and body["type"].startswith("/problems/")
+    assert body["status"] == status
+    assert body["title"]
+    assert body["type"].startswith("/problems/")
     return body
 
 
@@ -40,12 +42,21 @@ def _is_problem(r: Any, status: int) -> dict[str, Any]:
         (json.dumps({**GOOD, "email": 42}).encode(), 422, "email"),
         (json.dumps({**GOOD, "company_name": ["x"]}).encode(), 422, "company_name"),
         (json.dumps({**GOOD, "plan": "enterprise"}).encode(), 422, "plan"),
-        (json.dumps({"email": "owner@acme.test", "password": "Tr0ub4dor&3x"}).encode(), 422,
-         "company_name"),
+        (
+            json.dumps({"email": "owner@acme.test", "password": "Tr0ub4dor&3x"}).encode(),
+            422,
+            "company_name",
+        ),
         (json.dumps({**GOOD, "email": "not-an-email"}).encode(), 422, "email"),
     ],
-    ids=["malformed-json", "wrong-type", "wrong-type-list", "unknown-field", "missing-field",
-         "bad-email"],
+    ids=[
+        "malformed-json",
+        "wrong-type",
+        "wrong-type-list",
+        "unknown-field",
+        "missing-field",
+        "bad-email",
+    ],
 )
 async def test_signup_rejects_bad_bodies_naming_the_field(
     api: Api, admin_conn: asyncpg.Connection, content: bytes, status: int, field: str | None
@@ -85,8 +96,9 @@ async def test_duplicate_email_is_a_conflict_whatever_its_case(
     assert await _counts(admin_conn) == before
 
 
-@pytest.mark.parametrize("password", ["short1A!", "abababababababababab", "Password123",
-                                      "ownerOWNER123!"])
+@pytest.mark.parametrize(
+    "password", ["short1A!", "abababababababababab", "Password123", "ownerOWNER123!"]
+)
 async def test_weak_passwords_are_refused(
     api: Api, admin_conn: asyncpg.Connection, password: str
 ) -> None:
@@ -123,8 +135,17 @@ async def test_bad_access_tokens_are_refused(api: Api) -> None:
     hs256 = jwt.encode(
         {"alg": "HS256", "typ": "at+jwt"}, claims, OctKey.import_key("s" * 32), algorithms=["HS256"]
     )
-    for token in (forged, alg_none, expired, wrong_audience, wrong_issuer, wrong_type, hs256,
-                  "garbage", owner["access_token"] + "x"):
+    for token in (
+        forged,
+        alg_none,
+        expired,
+        wrong_audience,
+        wrong_issuer,
+        wrong_type,
+        hs256,
+        "garbage",
+        owner["access_token"] + "x",
+    ):
         r = await api.client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
         _is_problem(r, 401)
     # The genuine token still works.
@@ -146,24 +167,32 @@ async def test_revoked_api_key_is_refused_at_once(api: Api) -> None:
     key_auth = {"Authorization": f"Bearer {key['secret']}"}
     assert (await api.client.get("/v1/users", headers=key_auth)).status_code == 200
     r = await api.client.delete(f"/v1/api-keys/{key['id']}", headers=owner["auth"])
-    assert r.status_code == 200 and r.json()["revoked_at"]
+    assert r.status_code == 200
+    assert r.json()["revoked_at"]
     _is_problem(await api.client.get("/v1/users", headers=key_auth), 401)
     # A key with the right id but the wrong secret is refused too.
     other = key["secret"][:-4] + "AAAA"
-    _is_problem(await api.client.get("/v1/users", headers={"Authorization": f"Bearer {other}"}), 401)
+    _is_problem(
+        await api.client.get("/v1/users", headers={"Authorization": f"Bearer {other}"}), 401
+    )
 
 
 async def test_a_verification_link_works_once(api: Api, admin_conn: asyncpg.Connection) -> None:
     r = await api.client.post("/v1/signup", json=GOOD)
     assert r.status_code == 201
     token = MailCatcher.token_in(await api.mail.wait_for(GOOD["email"], "Verify"))
-    assert (await api.client.post("/v1/auth/verify-email", json={"token": token})).status_code == 200
+    assert (
+        await api.client.post("/v1/auth/verify-email", json={"token": token})
+    ).status_code == 200
     before = await _counts(admin_conn)
     audit_before = await admin_conn.fetchval("select count(*) from audit_log")
     body = _is_problem(await api.client.post("/v1/auth/verify-email", json={"token": token}), 400)
     assert "already been used" in body["detail"]
-    for bad in ("nonsense", token[:-3] + "abc", "sbe_" + uuid.uuid4().hex + "_" + uuid.uuid4().hex
-                + "_" + "x" * 43):
+    for bad in (
+        "nonsense",
+        token[:-3] + "abc",
+        "sbe_" + uuid.uuid4().hex + "_" + uuid.uuid4().hex + "_" + "x" * 43,
+    ):
         _is_problem(await api.client.post("/v1/auth/verify-email", json={"token": bad}), 400)
     assert await _counts(admin_conn) == before
     assert await admin_conn.fetchval("select count(*) from audit_log") == audit_before
@@ -182,8 +211,12 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer(api: Api) ->
 
 async def test_bad_pagination_and_path_ids_are_clear_errors(api: Api) -> None:
     owner = await api.signup_verified("owner@acme.test")
-    for path in ("/v1/users?limit=0", "/v1/users?limit=1000", "/v1/users?limit=abc",
-                 "/v1/users?starting_after=nope"):
+    for path in (
+        "/v1/users?limit=0",
+        "/v1/users?limit=1000",
+        "/v1/users?limit=abc",
+        "/v1/users?starting_after=nope",
+    ):
         r = await api.client.get(path, headers=owner["auth"])
         assert r.status_code in (400, 422), (path, r.status_code)
         assert r.headers["content-type"].startswith("application/problem+json")

@@ -11,9 +11,20 @@ async def test_openapi_lists_every_route_with_auth_and_error_responses(api: Api)
     spec = r.json()
     assert spec["openapi"].startswith("3.1")
     paths = spec["paths"]
-    for path in ("/v1/signup", "/v1/auth/login", "/v1/users", "/v1/users/{user_id}",
-                 "/v1/api-keys", "/v1/api-keys/{key_id}", "/v1/oauth-clients", "/oauth/token",
-                 "/v1/audit-log", "/healthz", "/readyz", "/.well-known/jwks.json"):
+    for path in (
+        "/v1/signup",
+        "/v1/auth/login",
+        "/v1/users",
+        "/v1/users/{user_id}",
+        "/v1/api-keys",
+        "/v1/api-keys/{key_id}",
+        "/v1/oauth-clients",
+        "/oauth/token",
+        "/v1/audit-log",
+        "/healthz",
+        "/readyz",
+        "/.well-known/jwks.json",
+    ):
         assert path in paths, path
     for path, ops in paths.items():
         for method, op in ops.items():
@@ -35,8 +46,9 @@ async def test_readyz_reports_postgres_and_nats(api: Api) -> None:
 async def test_per_ip_rate_limit_answers_429_with_retry_after(services, database, smtp) -> None:  # type: ignore[no-untyped-def]
     mail, port = smtp
     async with running_api(services, database, mail, port, ip_rate=1.0, ip_burst=3) as api:
-        statuses = [(await api.client.post("/v1/auth/login", json={})).status_code
-                    for _ in range(5)]
+        statuses = [
+            (await api.client.post("/v1/auth/login", json={})).status_code for _ in range(5)
+        ]
         assert statuses[:3] == [422, 422, 422]
         r = await api.client.post("/v1/auth/login", json={})
         assert r.status_code == 429
@@ -50,9 +62,11 @@ async def test_per_tenant_rate_limit(services, database, smtp) -> None:  # type:
     mail, port = smtp
     async with running_api(services, database, mail, port, tenant_rate=1.0, tenant_burst=2) as api:
         owner = await api.signup_verified("owner@acme.test")
-        codes = [(await api.client.get("/v1/me", headers=owner["auth"])).status_code
-                 for _ in range(4)]
-        assert codes[:2] == [200, 200] and codes[-1] == 429
+        codes = [
+            (await api.client.get("/v1/me", headers=owner["auth"])).status_code for _ in range(4)
+        ]
+        assert codes[:2] == [200, 200]
+        assert codes[-1] == 429
 
 
 async def test_cursor_pagination_walks_every_item_once(api: Api) -> None:

@@ -59,7 +59,9 @@ async def test_keys_are_per_tenant_and_without_a_key_each_post_creates(
         assert r.status_code == 201
         assert "idempotent-replayed" not in r.headers
     for _ in range(2):
-        assert (await api.client.post("/v1/api-keys", json=body, headers=a["auth"])).status_code == 201
+        assert (
+            await api.client.post("/v1/api-keys", json=body, headers=a["auth"])
+        ).status_code == 201
     assert await admin_conn.fetchval("select count(*) from api_keys") == 4
 
 

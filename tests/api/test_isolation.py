@@ -17,7 +17,7 @@ async def _snapshot(conn: asyncpg.Connection, tenant_id: str) -> dict[str, list[
     for table in TENANT_TABLES_SNAPSHOT:
         rows = await conn.fetch(
             f"select * from {table} where tenant_id = $1 order by 1, 2",  # noqa: S608
-            tenant_id if table != "tenants" else tenant_id,
+            tenant_id,
         )
         out[table] = [dict(r) for r in rows]
     return out
@@ -29,19 +29,31 @@ async def test_another_tenants_resources_are_404_and_unchanged(
     c = api.client
     a = await api.signup_verified("alice@a.test", "Tenant A")
     b = await api.signup_verified("bob@b.test", "Tenant B")
-    r = await c.post("/v1/api-keys", json={"name": "a-key", "scopes": ["users:read"]}, headers=a["auth"])
+    r = await c.post(
+        "/v1/api-keys", json={"name": "a-key", "scopes": ["users:read"]}, headers=a["auth"]
+    )
     a_key = r.json()
     r = await c.post(
         "/v1/oauth-clients", json={"name": "a-app", "scopes": ["users:read"]}, headers=a["auth"]
     )
     a_client = r.json()
-    r = await c.post("/v1/users", json={"email": "agent@a.test", "role": "agent"}, headers=a["auth"])
+    r = await c.post(
+        "/v1/users", json={"email": "agent@a.test", "role": "agent"}, headers=a["auth"]
+    )
     a_agent = r.json()
     r = await c.post(
         "/v1/api-keys",
-        json={"name": "b-admin", "scopes": ["users:read", "users:write", "api_keys:read",
-                                           "api_keys:write", "oauth_clients:read",
-                                           "oauth_clients:write"]},
+        json={
+            "name": "b-admin",
+            "scopes": [
+                "users:read",
+                "users:write",
+                "api_keys:read",
+                "api_keys:write",
+                "oauth_clients:read",
+                "oauth_clients:write",
+            ],
+        },
         headers=b["auth"],
     )
     b_key_auth = {"Authorization": f"Bearer {r.json()['secret']}"}
@@ -85,7 +97,9 @@ async def test_a_tampered_api_key_naming_another_tenant_is_refused(api: Api) -> 
     assert r.status_code == 401
 
 
-async def test_app_role_without_tenant_sees_no_rows(api: Api, admin_conn: asyncpg.Connection) -> None:
+async def test_app_role_without_tenant_sees_no_rows(
+    api: Api, admin_conn: asyncpg.Connection
+) -> None:
     await api.signup_verified("alice@a.test", "Tenant A")
     await api.signup_verified("bob@b.test", "Tenant B")
     tables = await _tenant_tables(admin_conn)
@@ -93,7 +107,9 @@ async def test_app_role_without_tenant_sees_no_rows(api: Api, admin_conn: asyncp
     async with api.pool.acquire() as conn:
         for table in tables:
             assert await admin_conn.fetchval(f"select count(*) from {table}") > 0 or table in {  # noqa: S608
-                "oauth_clients", "api_keys", "idempotency_keys"
+                "oauth_clients",
+                "api_keys",
+                "idempotency_keys",
             }
             count = await conn.fetchval(f"select count(*) from {table}")  # noqa: S608
             assert count == 0, table
@@ -169,7 +185,8 @@ async def test_the_app_role_owns_nothing_and_cannot_bypass_rls(
     admin_conn: asyncpg.Connection,
 ) -> None:
     role = await admin_conn.fetchrow(
-        "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = $1",
+        "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles"
+        " where rolname = $1",
         APP_ROLE,
     )
     assert not any(role.values())

@@ -17,18 +17,20 @@ async def test_migrate_creates_the_database_is_rerunnable_and_safe_to_run_concur
 ) -> None:
     name = f"m_{secrets.token_hex(4)}"
     runs = await asyncio.gather(
-        *(migrate(services.admin_dsn(), MIGRATIONS, app_password=APP_PASSWORD, database=name)
-          for _ in range(3))
+        *(
+            migrate(services.admin_dsn(), MIGRATIONS, app_password=APP_PASSWORD, database=name)
+            for _ in range(3)
+        )
     )
     applied = sorted(v for run in runs for v in run)
     assert applied == [m.version for m in load_migrations(MIGRATIONS)]
-    assert await migrate(services.admin_dsn(), MIGRATIONS, app_password=APP_PASSWORD,
-                         database=name) == []
+    assert (
+        await migrate(services.admin_dsn(), MIGRATIONS, app_password=APP_PASSWORD, database=name)
+        == []
+    )
     conn = await asyncpg.connect(services.admin_dsn(name))
     try:
-        owner = await conn.fetchval(
-            "select tableowner from pg_tables where tablename = 'tenants'"
-        )
+        owner = await conn.fetchval("select tableowner from pg_tables where tablename = 'tenants'")
         assert owner == "switchboard_owner"
     finally:
         await conn.close()

@@ -10,8 +10,13 @@ from runtime.settings import SettingsError, load_settings
 def test_environment_overrides_file_and_types_are_converted(tmp_path: Path) -> None:
     path = tmp_path / "switchboard.toml"
     path.write_text('http_port = 9000\nlog_level = "DEBUG"\n')
-    s = load_settings(env={"SWITCHBOARD_CONFIG": str(path), "SWITCHBOARD_HTTP_PORT": "9100",
-                           "SWITCHBOARD_SMTP_STARTTLS": "true"})
+    s = load_settings(
+        env={
+            "SWITCHBOARD_CONFIG": str(path),
+            "SWITCHBOARD_HTTP_PORT": "9100",
+            "SWITCHBOARD_SMTP_STARTTLS": "true",
+        }
+    )
     assert (s.http_port, s.log_level, s.smtp_starttls) == (9100, "DEBUG", True)
 
 

@@ -79,9 +79,11 @@ def test_dev_starts_everything_serves_the_api_and_ctrl_c_leaves_no_process(
             time.sleep(0.3)
         log.seek(0)
         output = log.read()
-        assert ready is not None and ready.status_code == 200, output
+        assert ready is not None, output
+        assert ready.status_code == 200, output
         assert ready.json()["checks"] == {"postgres": True, "nats": True}
-        assert "Switchboard dev is running" in output and f":{port}" in output
+        assert "Switchboard dev is running" in output
+        assert f":{port}" in output
 
         # The mail has no SMTP server here: the verification link is printed.
         r = httpx.post(

@@ -94,12 +94,14 @@ async def test_the_last_owner_cannot_be_demoted_and_disabled_users_cannot_sign_i
         "/v1/auth/accept-invitation", json={"token": token, "password": "Superv1sor-pass"}
     )
     sup = r.json()
-    sup_id = (await api.client.get("/v1/me", headers={
-        "Authorization": f"Bearer {sup['access_token']}"})).json()["actor_id"]
+    sup_id = (
+        await api.client.get("/v1/me", headers={"Authorization": f"Bearer {sup['access_token']}"})
+    ).json()["actor_id"]
     r = await api.client.patch(
         f"/v1/users/{sup_id}", json={"status": "disabled"}, headers=owner["auth"]
     )
-    assert r.status_code == 200 and r.json()["status"] == "disabled"
+    assert r.status_code == 200
+    assert r.json()["status"] == "disabled"
     r = await api.client.post(
         "/v1/auth/login", json={"email": "sup@acme.test", "password": "Superv1sor-pass"}
     )
@@ -130,12 +132,22 @@ async def test_oauth_client_credentials_grant(api: Api) -> None:
     assert (await api.client.get("/v1/users", headers=auth)).status_code == 200
     assert (await api.client.get("/v1/tenant", headers=auth)).status_code == 403
     for form in (
-        {"grant_type": "client_credentials", "client_id": client["client_id"],
-         "client_secret": "wrong-secret-wrong-secret"},
-        {"grant_type": "password", "client_id": client["client_id"],
-         "client_secret": client["client_secret"]},
-        {"grant_type": "client_credentials", "client_id": client["client_id"],
-         "client_secret": client["client_secret"], "scope": "audit:read"},
+        {
+            "grant_type": "client_credentials",
+            "client_id": client["client_id"],
+            "client_secret": "wrong-secret-wrong-secret",
+        },
+        {
+            "grant_type": "password",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+        {
+            "grant_type": "client_credentials",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+            "scope": "audit:read",
+        },
     ):
         r = await api.client.post("/oauth/token", data=form)
         assert r.status_code in (400, 401, 422), r.text
@@ -155,7 +167,8 @@ async def test_rotated_signing_keys_keep_old_tokens_valid_and_are_published(
 ) -> None:
     owner = await api.signup_verified("owner@acme.test")
     before = (await api.client.get("/.well-known/jwks.json")).json()["keys"]
-    assert len(before) == 1 and "d" not in before[0]
+    assert len(before) == 1
+    assert "d" not in before[0]
     new_kid = await api.resources.auth.rotate_keys()
     after = (await api.client.get("/.well-known/jwks.json")).json()["keys"]
     assert {k["kid"] for k in after} == {before[0]["kid"], new_kid}
@@ -174,8 +187,10 @@ async def test_rotated_signing_keys_keep_old_tokens_valid_and_are_published(
 async def test_tenant_can_be_read_and_renamed_by_its_owner(api: Api) -> None:
     owner = await api.signup_verified("owner@acme.test", "Acme")
     r = await api.client.patch("/v1/tenant", json={"name": "Acme Care"}, headers=owner["auth"])
-    assert r.status_code == 200 and r.json()["name"] == "Acme Care"
+    assert r.status_code == 200
+    assert r.json()["name"] == "Acme Care"
     r = await api.client.patch("/v1/tenant", json={"name": ""}, headers=owner["auth"])
     assert r.status_code == 422
     r = await api.client.get("/v1/tenant", headers=owner["auth"])
-    assert r.json()["name"] == "Acme Care" and r.json()["status"] == "active"
+    assert r.json()["name"] == "Acme Care"
+    assert r.json()["status"] == "active"

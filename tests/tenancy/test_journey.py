@@ -9,13 +9,19 @@ async def test_signup_verify_login_api_key_refresh_logout_journey(api: Api) -> N
     c = api.client
     r = await c.post(
         "/v1/signup",
-        json={"company_name": "Acme Support", "email": "owner@acme.test", "password": "Tr0ub4dor&3x"},
+        json={
+            "company_name": "Acme Support",
+            "email": "owner@acme.test",
+            "password": "Tr0ub4dor&3x",
+        },
     )
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "pending_verification"
 
     # Until the address is verified, signing in is refused.
-    r = await c.post("/v1/auth/login", json={"email": "owner@acme.test", "password": "Tr0ub4dor&3x"})
+    r = await c.post(
+        "/v1/auth/login", json={"email": "owner@acme.test", "password": "Tr0ub4dor&3x"}
+    )
     assert r.status_code == 403
     assert r.json()["code"] == "email-unverified"
 
@@ -26,7 +32,9 @@ async def test_signup_verify_login_api_key_refresh_logout_journey(api: Api) -> N
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "active"
 
-    r = await c.post("/v1/auth/login", json={"email": "owner@acme.test", "password": "Tr0ub4dor&3x"})
+    r = await c.post(
+        "/v1/auth/login", json={"email": "owner@acme.test", "password": "Tr0ub4dor&3x"}
+    )
     assert r.status_code == 200, r.text
     tokens = r.json()
     assert tokens["token_type"] == "Bearer"
@@ -64,7 +72,12 @@ async def test_signup_verify_login_api_key_refresh_logout_journey(api: Api) -> N
     # The audit log saw the security-relevant steps, with the caller's address.
     r = await c.get("/v1/audit-log", headers=user_auth)
     actions = [e["action"] for e in r.json()["data"]]
-    for expected in ("tenant.signup", "tenant.verified", "auth.login", "api_key.created",
-                     "auth.logout"):
+    for expected in (
+        "tenant.signup",
+        "tenant.verified",
+        "auth.login",
+        "api_key.created",
+        "auth.logout",
+    ):
         assert expected in actions
     assert {e["source_ip"] for e in r.json()["data"]} == {"203.0.113.7"}
