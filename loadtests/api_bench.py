@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import asyncpg
 import httpx
@@ -140,24 +141,28 @@ def main() -> None:
         # Warm both up.
         wrk(f"{hello}/hello", 2, args.connections, {})
         wrk(f"{api}/v1/tenant", 2, args.connections, auth)
-        rows = []
-        for i in range(args.rounds):
-            h = wrk(f"{hello}/hello", args.seconds, args.connections, {})
-            a = wrk(f"{api}/v1/tenant", args.seconds, args.connections, auth)
-            rows.append((i + 1, h, a))
+        targets = [
+            ("hello-world (bare litestar+msgspec)", f"{hello}/hello", {}),
+            ("GET /v1/me (JWT check only)", f"{api}/v1/me", auth),
+            ("GET /v1/tenant (JWT check + RLS query)", f"{api}/v1/tenant", auth),
+        ]
+        results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+        for _ in range(args.rounds):
+            for name, url, headers in targets:
+                results[name].append(wrk(url, args.seconds, args.connections, headers))
+        base = median([r["rps"] for r in results[targets[0][0]]])
         print(
-            "| round | hello req/s | hello p50 ms | hello p99 ms | GET /v1/tenant req/s "
-            "| p50 ms | p99 ms | ratio |"
+            f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, "
+            "medians"
         )
-        print("|---|---|---|---|---|---|---|---|")
-        for i, h, a in rows:
+        print("| endpoint | req/s | p50 ms | p99 ms | x hello-world |")
+        print("|---|---|---|---|---|")
+        for name, runs in results.items():
+            rps = median([r["rps"] for r in runs])
             print(
-                f"| {i} | {h['rps']:.0f} | {h['p50']:.2f} | {h['p99']:.2f} | {a['rps']:.0f} "
-                f"| {a['p50']:.2f} | {a['p99']:.2f} | {a['rps'] / h['rps']:.2f} |"
+                f"| {name} | {rps:.0f} | {median([r['p50'] for r in runs]):.2f} "
+                f"| {median([r['p99'] for r in runs]):.2f} | {rps / base:.2f} |"
             )
-        hr = sorted(r[1]["rps"] for r in rows)[len(rows) // 2]
-        ar = sorted(r[2]["rps"] for r in rows)[len(rows) // 2]
-        print(f"\nmedian: hello {hr:.0f} req/s, tenant GET {ar:.0f} req/s, ratio {ar / hr:.2f}")
     finally:
         for p in procs:
             p.terminate()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 from uuid import UUID
 
@@ -27,12 +27,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset that sends nothing: asyncpg has already rolled back any open transaction and
+    dropped listeners; we never change session state (tenant context is transaction-local), so
+    its RESET ALL round trip on every release buys nothing."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
         server_settings={"application_name": "switchboard"},
     )
@@ -41,19 +48,35 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
 
 
 @asynccontextmanager
-async def tenant_tx(pool: asyncpg.Pool, tenant_id: UUID) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction in which row-level security sees only `tenant_id`'s rows."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("select set_config('app.tenant_id', $1, true)", str(tenant_id))
-        yield cast(asyncpg.Connection, conn)
+async def _transaction(pool: asyncpg.Pool, begin: str) -> AsyncIterator[asyncpg.Connection]:
+    async with pool.acquire() as proxy:
+        conn = cast(asyncpg.Connection, proxy)
+        await conn.execute(begin)
+        try:
+            yield conn
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("rollback")
+            raise
+        await conn.execute("commit")
 
 
-@asynccontextmanager
-async def platform_tx(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+def tenant_tx(
+    pool: asyncpg.Pool, tenant_id: UUID
+) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    """A transaction in which row-level security sees only `tenant_id`'s rows.
+
+    BEGIN and the transaction-local `app.tenant_id` go in one round trip; the id is a UUID
+    rendered by uuid.UUID itself, so it is safe to inline. Use SAVEPOINT-free SQL inside (e.g.
+    ON CONFLICT) — the transaction is not an asyncpg Transaction object."""
+    tenant = str(UUID(str(tenant_id)))
+    return _transaction(pool, f"begin; select set_config('app.tenant_id', '{tenant}', true)")
+
+
+def platform_tx(pool: asyncpg.Pool) -> AbstractAsyncContextManager[asyncpg.Connection]:
     """A transaction with no tenant: tenant tables read as empty, only platform tables and the
     narrow resolver functions (sb_*) are usable."""
-    async with pool.acquire() as conn, conn.transaction():
-        yield cast(asyncpg.Connection, conn)
+    return _transaction(pool, "begin")
 
 
 async def fetch_value(conn: asyncpg.Connection, query: str, *args: Any) -> Any:

@@ -71,10 +71,12 @@ async def insert_user(
     role: str,
     status: str,
     password_hash: str | None,
-) -> Record:
-    row = await conn.fetchrow(
+) -> Record | None:
+    """None when the email address already has an account (anywhere on the platform)."""
+    return await conn.fetchrow(
         """insert into users (tenant_id, id, email, name, role, status, password_hash)
-           values ($1, $2, $3, $4, $5, $6, $7) returning *""",
+           values ($1, $2, $3, $4, $5, $6, $7)
+           on conflict ((lower(email))) do nothing returning *""",
         tenant_id,
         user_id,
         email,
@@ -83,8 +85,6 @@ async def insert_user(
         status,
         password_hash,
     )
-    assert row is not None
-    return row
 
 
 async def get_user(conn: asyncpg.Connection, tenant_id: TenantId, user_id: UUID) -> Record | None:

@@ -188,22 +188,18 @@ async def signup(
     """Create a pending tenant and its owner, and queue the verification mail."""
     await repo.insert_tenant(conn, tenant_id, company_name.strip())
     user_id = new_id()
-    try:
-        async with conn.transaction():
-            await repo.insert_user(
-                conn,
-                tenant_id,
-                user_id=user_id,
-                email=email.strip(),
-                name=name.strip(),
-                role=Role.OWNER,
-                status="active",
-                password_hash=password_hash,
-            )
-    except asyncpg.UniqueViolationError:
-        raise EmailTaken(
-            "An account with this email address already exists.", field="email"
-        ) from None
+    created = await repo.insert_user(
+        conn,
+        tenant_id,
+        user_id=user_id,
+        email=email.strip(),
+        name=name.strip(),
+        role=Role.OWNER,
+        status="active",
+        password_hash=password_hash,
+    )
+    if created is None:
+        raise EmailTaken("An account with this email address already exists.", field="email")
     token = await send_email_token(
         conn, settings, tenant_id, user_id, "verify_email", settings.verification_token_seconds
     )
@@ -282,20 +278,18 @@ async def invite_user(
     tenant = await repo.get_tenant(conn, subject.tenant_id)
     assert tenant is not None
     user_id = new_id()
-    try:
-        async with conn.transaction():
-            row = await repo.insert_user(
-                conn,
-                subject.tenant_id,
-                user_id=user_id,
-                email=data.email.strip(),
-                name=data.name.strip(),
-                role=data.role,
-                status="invited",
-                password_hash=None,
-            )
-    except asyncpg.UniqueViolationError:
-        raise EmailTaken("This email address already has an account.", field="email") from None
+    row = await repo.insert_user(
+        conn,
+        subject.tenant_id,
+        user_id=user_id,
+        email=data.email.strip(),
+        name=data.name.strip(),
+        role=data.role,
+        status="invited",
+        password_hash=None,
+    )
+    if row is None:
+        raise EmailTaken("This email address already has an account.", field="email")
     token = await send_email_token(
         conn, settings, subject.tenant_id, user_id, "invitation", settings.invitation_token_seconds
     )
