@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", help="comma-separated subset: hello,me,tenant (for profiling)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -146,11 +147,18 @@ def main() -> None:
             ("GET /v1/me (JWT check only)", f"{api}/v1/me", auth),
             ("GET /v1/tenant (JWT check + RLS query)", f"{api}/v1/tenant", auth),
         ]
+        if args.only:
+            keep = set(args.only.split(","))
+            targets = [
+                t
+                for t, short in zip(targets, ("hello", "me", "tenant"), strict=True)
+                if short in keep
+            ]
         results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
         for _ in range(args.rounds):
             for name, url, headers in targets:
                 results[name].append(wrk(url, args.seconds, args.connections, headers))
-        base = median([r["rps"] for r in results[targets[0][0]]])
+        base = median([r["rps"] for r in next(iter(results.values()))])
         print(
             f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, "
             "medians"

@@ -29,4 +29,5 @@ if __name__ == "__main__":
         access_log=False,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,
     )

@@ -66,11 +66,13 @@ def tenant_tx(
 ) -> AbstractAsyncContextManager[asyncpg.Connection]:
     """A transaction in which row-level security sees only `tenant_id`'s rows.
 
-    BEGIN and the transaction-local `app.tenant_id` go in one round trip; the id is a UUID
-    rendered by uuid.UUID itself, so it is safe to inline. Use SAVEPOINT-free SQL inside (e.g.
-    ON CONFLICT) — the transaction is not an asyncpg Transaction object."""
+    BEGIN and the transaction-local `app.tenant_id` go in one round trip. SET LOCAL takes no
+    bind parameters, so the id is inlined: it is rendered by uuid.UUID itself (hex and hyphens
+    only), which makes it safe. SET LOCAL, unlike SELECT set_config(), returns no row for either
+    side to process. Inside, use SAVEPOINT-free SQL (e.g. ON CONFLICT): the transaction is not
+    an asyncpg Transaction object."""
     tenant = str(UUID(str(tenant_id)))
-    return _transaction(pool, f"begin; select set_config('app.tenant_id', '{tenant}', true)")
+    return _transaction(pool, f"begin; set local app.tenant_id = '{tenant}'")
 
 
 def platform_tx(pool: asyncpg.Pool) -> AbstractAsyncContextManager[asyncpg.Connection]:

@@ -163,6 +163,7 @@ async def serve_api(res: Resources, stop: asyncio.Event) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is honoured only from trusted_proxies, in api/
         timeout_graceful_shutdown=10,
     )
     server = _Server(config)

@@ -196,3 +196,32 @@ async def test_the_app_role_owns_nothing_and_cannot_bypass_rls(
         APP_ROLE,
     )
     assert owned == 0
+
+
+async def test_tenant_context_never_outlives_its_transaction(pool: asyncpg.Pool) -> None:
+    import uuid
+
+    import pytest
+
+    from runtime.db import tenant_tx
+
+    tenant = uuid.uuid4()
+    async with tenant_tx(pool, tenant) as conn:
+        assert await conn.fetchval("select current_setting('app.tenant_id', true)") == str(tenant)
+    with pytest.raises(RuntimeError):
+        async with tenant_tx(pool, tenant) as conn:
+            raise RuntimeError("handler failed")
+    # Every pooled connection is back to no tenant, after success and after failure.
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        for conn in held:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("select current_setting('app.tenant_id', true)") in (
+                "",
+                None,
+            )
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    with pytest.raises(ValueError, match="hexadecimal"):
+        tenant_tx(pool, "00000000-0000-0000-0000-000000000000'; drop table users; --")  # type: ignore[arg-type]
