@@ -10,6 +10,7 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from api.context import ApiDeps, _valid_ip
@@ -99,7 +100,15 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             }
         ),
     )
+    plugins = []
+    if deps.tracer_provider is not None:
+        plugins.append(
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(tracer_provider=deps.tracer_provider, exclude=list(_UNLIMITED))
+            )
+        )
     return Litestar(
+        plugins=plugins,
         route_handlers=[
             HealthController,
             AuthController,

@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
+from opentelemetry.sdk.trace import TracerProvider
 
 from api import repository as repo
 from api.problems import ApiError
@@ -37,6 +38,7 @@ class ApiDeps:
     pool: asyncpg.Pool
     auth: Authenticator
     readiness: Callable[[], Awaitable[dict[str, bool]]]
+    tracer_provider: TracerProvider | None = None
     ip_limits: TokenBuckets = field(init=False)
     tenant_limits: TokenBuckets = field(init=False)
 

@@ -29,3 +29,9 @@ def setup_tracing(service_name: str, otlp_endpoint: str | None, role: str) -> Tr
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def shutdown_tracing(provider: TracerProvider | None) -> None:
+    """Flush and stop exporting; spans still buffered are sent first."""
+    if provider is not None:
+        provider.shutdown()

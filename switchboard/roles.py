@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import asyncpg
 import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
 
 from api.app import create_app
 from api.context import ApiDeps
@@ -28,7 +29,7 @@ from runtime.logs import setup_logging
 from runtime.mail import ConsoleTransport, MailRelay, MailTransport, SmtpTransport
 from runtime.migrate import APP_ROLE, migrate
 from runtime.settings import Settings
-from runtime.telemetry import setup_tracing
+from runtime.telemetry import setup_tracing, shutdown_tracing
 from tenancy.auth import Authenticator
 from tenancy.credentials import KeyRing
 
@@ -47,6 +48,7 @@ class Resources:
     bus: Bus
     auth: Authenticator
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    tracer_provider: TracerProvider | None = None
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"postgres": False, "nats": self.bus.is_connected}
@@ -98,7 +100,13 @@ def mail_transport(settings: Settings) -> MailTransport:
 
 
 def api_deps(res: Resources) -> ApiDeps:
-    return ApiDeps(settings=res.settings, pool=res.pool, auth=res.auth, readiness=res.readiness)
+    return ApiDeps(
+        settings=res.settings,
+        pool=res.pool,
+        auth=res.auth,
+        readiness=res.readiness,
+        tracer_provider=res.tracer_provider,
+    )
 
 
 async def _every(stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
@@ -193,15 +201,17 @@ async def _finish(res: Resources) -> None:
 
 async def run_api(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format, "api")
-    setup_tracing(settings.service_name, settings.otlp_endpoint, "api")
+    provider = setup_tracing(settings.service_name, settings.otlp_endpoint, "api")
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with open_resources(settings, role="api") as res:
+        res.tracer_provider = provider
         start_key_refresh(res, stop)
         try:
             await serve_api(res, stop)
         finally:
             await _finish(res)
+            shutdown_tracing(provider)
 
 
 async def run_worker(settings: Settings) -> None:
@@ -253,7 +263,7 @@ def _say(line: str) -> None:
 async def run_dev(settings: Settings) -> None:
     """Embedded PostgreSQL and NATS when no URLs are set, migrations, then API and worker."""
     setup_logging(settings.log_level, settings.log_format, "dev")
-    setup_tracing(settings.service_name, settings.otlp_endpoint, "dev")
+    provider = setup_tracing(settings.service_name, settings.otlp_endpoint, "dev")
     stop = asyncio.Event()
     _stop_on_signals(stop)
     data = await asyncio.to_thread(_data_dir, settings.data_dir)
@@ -284,6 +294,7 @@ async def run_dev(settings: Settings) -> None:
             return
         merged = _merge(settings, overrides)
         async with open_resources(merged, role="dev") as res:
+            res.tracer_provider = provider
             start_worker(res, stop)
             start_key_refresh(res, stop)
             _say("Switchboard dev is running:")
@@ -308,6 +319,7 @@ async def run_dev(settings: Settings) -> None:
             finally:
                 await _finish(res)
     finally:
+        shutdown_tracing(provider)
         if nats is not None:
             await nats.stop()
         if pg is not None:
