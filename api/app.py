@@ -16,6 +16,7 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 from api.context import ApiDeps, _valid_ip
 from api.controllers.auth import AuthController, OAuthController
 from api.controllers.health import HealthController
+from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
 from api.controllers.tenant import (
     ApiKeyController,
@@ -117,6 +118,8 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             UserController,
             ApiKeyController,
             OAuthClientController,
+            NumberController,
+            SeatController,
             PagesController,
         ],
         state=State({"deps": deps}),

@@ -25,6 +25,7 @@ from runtime.settings import Settings
 from tenancy.auth import Authenticator
 from tenancy.errors import Unauthenticated
 from tenancy.models import Origin, Subject
+from tenancy.numbers.provider import NumberProvider, PlatformInventory
 
 T = TypeVar("T")
 AnyRequest = Request[Any, Any, State]
@@ -39,6 +40,7 @@ class ApiDeps:
     auth: Authenticator
     readiness: Callable[[], Awaitable[dict[str, bool]]]
     tracer_provider: TracerProvider | None = None
+    number_provider: NumberProvider = field(default_factory=PlatformInventory)
     ip_limits: TokenBuckets = field(init=False)
     tenant_limits: TokenBuckets = field(init=False)
 
@@ -133,10 +135,19 @@ async def idempotent(
     create: Callable[[asyncpg.Connection], Awaitable[Any]],
     *,
     status: int = 201,
+    require_key: bool = False,
 ) -> Response[bytes]:
     """Run a creating handler once per Idempotency-Key: the same key and body replay the stored
     response; the same key with another body is refused with 422. Keys are kept 24 hours."""
     key = request.headers.get("idempotency-key")
+    if key is None and require_key:
+        raise ApiError(
+            400,
+            "idempotency-key-required",
+            "Idempotency-Key required",
+            "This request spends money: send an Idempotency-Key header so a retry cannot "
+            "buy twice.",
+        )
     if key is not None and not (0 < len(key) <= _MAX_KEY and key.isprintable()):
         raise ApiError(
             400,

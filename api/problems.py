@@ -32,6 +32,9 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     code: str | None = None
     error: str | None = None
     """For OAuth2 endpoints: the RFC 6749 error code."""
+    limit: str | None = None
+    plan: str | None = None
+    allowed: int | None = None
 
 
 class ApiError(Exception):
@@ -55,6 +58,7 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
     oauth_error: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response[bytes]:
     body = Problem(
         type=f"/problems/{code}",
@@ -65,12 +69,15 @@ def problem_response(
         errors=errors,
         code=code,
         error=oauth_error,
+        **{k: v for k, v in (extra or {}).items() if k in _EXTENSIONS},
     )
     return Response(
         msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
     )
 
 
+_EXTENSIONS = {"limit", "plan", "allowed"}
+_MISSING_PARAM = re.compile(r"Missing required (\w+) parameter '([^']+)'")
 _FIELD_IN_MESSAGE = re.compile(r"`\$\.([\w.\[\]]+)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
@@ -111,6 +118,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             exc.detail,
             errors=errors,
             oauth_error=exc.extra.get("error"),
+            extra=exc.extra,
         )
     if isinstance(exc, ApiError):
         return problem_response(
@@ -127,14 +135,16 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
                 "The request body is not valid JSON.",
             )
         errors = _field_errors(exc.extra)
-        where = ", ".join(e.field for e in errors) or "the request"
+        missing = _MISSING_PARAM.search(detail)
+        if missing:
+            errors = [FieldError(field=missing.group(2), message=f"Missing {missing.group(1)}.")]
+            summary = f"Missing required {missing.group(1)} parameter '{missing.group(2)}'."
+        elif errors:
+            summary = f"Invalid value for: {', '.join(e.field for e in errors)}."
+        else:
+            summary = detail
         return problem_response(
-            request,
-            422,
-            "validation-error",
-            "Invalid request",
-            f"Invalid value for: {where}.",
-            errors=errors,
+            request, 422, "validation-error", "Invalid request", summary, errors=errors
         )
     if isinstance(exc, HTTPException):
         titles = {

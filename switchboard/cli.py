@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="create roles and apply SQL migrations (admin URL)")
     keys = sub.add_parser("keys", help="access-token signing keys")
     keys.add_argument("action", choices=["rotate"])
+    numbers = sub.add_parser("numbers", help="the platform number inventory")
+    numbers_sub = numbers.add_subparsers(dest="numbers_command", required=True)
+    load = numbers_sub.add_parser("import", help="load E.164 numbers from a CSV file")
+    load.add_argument("file", help="CSV with a header: number[,country][,capabilities]")
+    load.add_argument("--trunk", required=True, help="the platform trunk the numbers arrive on")
     args = parser.parse_args(argv)
 
     from switchboard import roles  # the heavy imports only once arguments are fine
@@ -55,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "migrate":
             done = _run(roles.run_migrate(settings))
             sys.stdout.write(f"migrations applied: {done or 'none (up to date)'}\n")
+        elif args.command == "numbers":
+            summary = _run(roles.import_numbers(settings, args.file, args.trunk))
+            sys.stdout.write(summary + "\n")
         elif args.command == "keys":
             kid = _run(_rotate(settings))
             sys.stdout.write(

@@ -340,3 +340,37 @@ def _merge(settings: Settings, overrides: dict[str, Any]) -> Settings:
     import msgspec
 
     return msgspec.structs.replace(settings, **overrides)
+
+
+async def import_numbers(settings: Settings, path: str, trunk: str) -> str:
+    """Load a CSV of numbers into the platform inventory, reporting progress as it goes."""
+    from tenancy.errors import InvalidInput
+    from tenancy.numbers.importer import ImportSummary
+    from tenancy.numbers.importer import import_numbers as load
+
+    if not settings.database_url:
+        raise StartupError("SWITCHBOARD_DATABASE_URL is not set.")
+
+    def progress(summary: ImportSummary) -> None:
+        _say(f"  {summary.read} read, {summary.imported} imported so far")
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # noqa: ASYNC230
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                async with conn.transaction():
+                    summary = await load(conn, f, trunk=trunk, progress=progress)
+            finally:
+                await conn.close()
+    except OSError as exc:
+        raise StartupError(f"cannot read {path}: {exc.strerror}") from None
+    except InvalidInput as exc:
+        raise StartupError(f"{path}: {exc.detail}") from None
+    lines = [
+        f"{summary.read} rows read: {summary.imported} imported, "
+        f"{summary.already_present} already in the inventory, "
+        f"{sum(summary.skipped.values())} skipped"
+    ]
+    for reason, count in summary.skipped.most_common():
+        lines.append(f"  skipped {count}: {reason} (first at {summary.examples[reason]})")
+    return "\n".join(lines)

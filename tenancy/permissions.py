@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from tenancy.models import Role
 
-RESOURCES = ("tenant", "users", "api_keys", "oauth_clients", "audit")
+RESOURCES = (
+    "tenant",
+    "users",
+    "api_keys",
+    "oauth_clients",
+    "audit",
+    "numbers",
+    "seats",
+    "skills",
+    "queues",
+    "flows",
+)
+_CONTACT_CENTER = frozenset(
+    f"{r}:{a}" for r in ("seats", "skills", "queues", "flows") for a in ("read", "write")
+)
 ALL_PERMISSIONS: frozenset[str] = frozenset(
     f"{r}:{a}" for r in RESOURCES for a in ("read", "write")
 )
@@ -12,9 +26,11 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.OWNER: ALL_PERMISSIONS,
     Role.ADMIN: ALL_PERMISSIONS,
-    Role.SUPERVISOR: frozenset({"tenant:read", "users:read"}),
+    Role.SUPERVISOR: _CONTACT_CENTER | {"tenant:read", "users:read", "numbers:read"},
     Role.AGENT: frozenset({"tenant:read"}),
-    Role.FINANCE: frozenset({"tenant:read", "users:read", "audit:read"}),
+    Role.FINANCE: frozenset(
+        {"tenant:read", "users:read", "audit:read", "numbers:read", "seats:read"}
+    ),
     Role.DEVELOPER: frozenset(
         {
             "tenant:read",
@@ -23,6 +39,11 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
             "api_keys:write",
             "oauth_clients:read",
             "oauth_clients:write",
+            "numbers:read",
+            "seats:read",
+            "skills:read",
+            "queues:read",
+            "flows:read",
         }
     ),
 }

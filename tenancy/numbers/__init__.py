@@ -1,0 +1,1 @@
+"""Phone numbers: search the inventory through a NumberProvider, purchase, route, release."""

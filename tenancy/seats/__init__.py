@@ -1,0 +1,1 @@
+"""Seats: the billable unit. Created, assigned to an agent, unassigned, released."""
