@@ -26,6 +26,7 @@ from tenancy.auth import Authenticator
 from tenancy.errors import Unauthenticated
 from tenancy.models import Origin, Subject
 from tenancy.numbers.provider import NumberProvider, PlatformInventory
+from tenancy.vault import Vault
 
 T = TypeVar("T")
 AnyRequest = Request[Any, Any, State]
@@ -41,12 +42,14 @@ class ApiDeps:
     readiness: Callable[[], Awaitable[dict[str, bool]]]
     tracer_provider: TracerProvider | None = None
     number_provider: NumberProvider = field(default_factory=PlatformInventory)
+    vault: Vault = field(init=False)
     ip_limits: TokenBuckets = field(init=False)
     tenant_limits: TokenBuckets = field(init=False)
 
     def __post_init__(self) -> None:
         self.ip_limits = TokenBuckets(self.settings.ip_rate, self.settings.ip_burst)
         self.tenant_limits = TokenBuckets(self.settings.tenant_rate, self.settings.tenant_burst)
+        self.vault = Vault(self.settings.master_key_bytes)
 
 
 def deps_of(request: AnyRequest) -> ApiDeps:

@@ -15,9 +15,14 @@ RESOURCES = (
     "skills",
     "queues",
     "flows",
+    "prompts",
+    "contacts",
+    "trunks",
 )
 _CONTACT_CENTER = frozenset(
-    f"{r}:{a}" for r in ("seats", "skills", "queues", "flows") for a in ("read", "write")
+    f"{r}:{a}"
+    for r in ("seats", "skills", "queues", "flows", "prompts", "contacts")
+    for a in ("read", "write")
 )
 ALL_PERMISSIONS: frozenset[str] = frozenset(
     f"{r}:{a}" for r in RESOURCES for a in ("read", "write")
@@ -44,6 +49,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
             "skills:read",
             "queues:read",
             "flows:read",
+            "prompts:read",
+            "contacts:read",
+            "contacts:write",
+            "trunks:read",
         }
     ),
 }
