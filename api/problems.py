@@ -109,6 +109,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, TenancyError):
         field = exc.extra.get("field")
         errors = [FieldError(field=str(field), message=exc.detail)] if field else None
+        if isinstance(exc.extra.get("errors"), list):
+            errors = [FieldError(field=str(f), message=str(m)) for f, m in exc.extra["errors"]]
         code = str(exc.extra.get("code", exc.code))
         return problem_response(
             request,

@@ -1,0 +1,1 @@
+"""IVR flows, the ACD router and agent presence."""
