@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from api.context import ApiDeps, _valid_ip
 from api.controllers.auth import AuthController, OAuthController
+from api.controllers.flows import FlowController, NumberRoutingController
 from api.controllers.health import HealthController
 from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
@@ -24,6 +25,7 @@ from api.controllers.tenant import (
     TenantController,
     UserController,
 )
+from api.controllers.trunks import TrunkController
 from api.problems import PROBLEM_JSON, Problem, handle_exception
 from api.ratelimit import retry_after_header
 
@@ -120,6 +122,9 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             OAuthClientController,
             NumberController,
             SeatController,
+            FlowController,
+            NumberRoutingController,
+            TrunkController,
             PagesController,
         ],
         state=State({"deps": deps}),

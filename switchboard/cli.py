@@ -45,6 +45,34 @@ def main(argv: list[str] | None = None) -> None:
     load = numbers_sub.add_parser("import", help="load E.164 numbers from a CSV file")
     load.add_argument("file", help="CSV with a header: number[,country][,capabilities]")
     load.add_argument("--trunk", required=True, help="the platform trunk the numbers arrive on")
+    trunks = sub.add_parser("trunks", help="platform SIP trunks (the operator's carriers)")
+    trunks_sub = trunks.add_subparsers(dest="trunks_command", required=True)
+    add = trunks_sub.add_parser("add-platform", help="add a platform trunk")
+    add.add_argument("name", help="lowercase letters, digits and hyphens, e.g. carrier-a")
+    add.add_argument("--host", required=True, help="the carrier's SIP host (name or IP)")
+    # dest sip_port: `--port` elsewhere means the HTTP port (see _settings).
+    add.add_argument("--port", dest="sip_port", type=int, default=5060, help="default 5060")
+    add.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
+    add.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a source network calls may come from (repeatable)",
+    )
+    add.add_argument("--username", help="outbound digest username")
+    add.add_argument(
+        "--password-env", metavar="VAR", help="environment variable holding the outbound password"
+    )
+    add.add_argument(
+        "--codec",
+        action="append",
+        choices=["PCMU", "PCMA"],
+        help="in order of preference (repeatable; default PCMU, PCMA)",
+    )
+    add.add_argument("--max-channels", type=int, default=100)
+    add.add_argument("--register", action="store_true", help="register to the carrier")
+    trunks_sub.add_parser("list-platform", help="list platform trunks")
     args = parser.parse_args(argv)
 
     from switchboard import roles  # the heavy imports only once arguments are fine
@@ -63,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "numbers":
             summary = _run(roles.import_numbers(settings, args.file, args.trunk))
             sys.stdout.write(summary + "\n")
+        elif args.command == "trunks":
+            sys.stdout.write(_run(roles.platform_trunks(settings, args)) + "\n")
         elif args.command == "keys":
             kid = _run(_rotate(settings))
             sys.stdout.write(

@@ -374,3 +374,71 @@ async def import_numbers(settings: Settings, path: str, trunk: str) -> str:
     for reason, count in summary.skipped.most_common():
         lines.append(f"  skipped {count}: {reason} (first at {summary.examples[reason]})")
     return "\n".join(lines)
+
+
+async def platform_trunks(settings: Settings, args: Any) -> str:
+    """`switchboard trunks add-platform NAME ...` and `switchboard trunks list-platform`."""
+    from tenancy.errors import TenancyError
+    from tenancy.trunks import platform
+    from tenancy.trunks.models import PlatformTrunk, PlatformTrunkCreate
+
+    if not settings.database_url:
+        raise StartupError("SWITCHBOARD_DATABASE_URL is not set.")
+    flags = {"name": "NAME", "password": "--password-env", "max_channels": "--max-channels"}
+
+    def describe(t: PlatformTrunk) -> str:
+        user = f"user {t.username}" + (" (password sealed)" if t.has_password else "")
+        return (
+            f"{t.name}  {t.host}:{t.port}/{t.transport}"
+            f"  allow {','.join(t.allowed_sources) or '-'}"
+            f"  {user if t.username else 'no credentials'}  {','.join(t.codecs)}"
+            f"  {t.max_channels} channels  {'registers' if t.register else 'no registration'}"
+            f"  {t.inventory_numbers} inventory numbers"
+        )
+
+    password = None
+    if getattr(args, "password_env", None):
+        password = os.environ.get(args.password_env)
+        if not password:
+            raise StartupError(f"--password-env: ${args.password_env} is not set or empty.")
+    try:
+        conn = await asyncpg.connect(settings.database_url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StartupError(f"cannot connect to the database: {exc}") from None
+    try:
+        async with conn.transaction():
+            if args.trunks_command == "list-platform":
+                found = await platform.list_platform_trunks(conn)
+                return "\n".join(describe(t) for t in found) or "no platform trunks"
+            trunk = await platform.add_platform_trunk(
+                conn,
+                settings.master_key_bytes,
+                PlatformTrunkCreate(
+                    name=args.name,
+                    host=args.host,
+                    port=args.sip_port,
+                    transport=args.transport,
+                    allowed_sources=args.allow,
+                    username=args.username,
+                    password=password,
+                    codecs=args.codec or ["PCMU", "PCMA"],
+                    max_channels=args.max_channels,
+                    register=args.register,
+                ),
+            )
+    except TenancyError as exc:
+        field = str(exc.extra.get("field", ""))
+        where = flags.get(field) or (f"--{field.replace('_', '-')}" if field else "")
+        raise StartupError(f"trunks {args.trunks_command}: {where}: {exc.detail}") from None
+    finally:
+        await conn.close()
+    lines = [f"platform trunk added: {describe(trunk)}"]
+    if trunk.inventory_numbers:
+        lines.append(
+            f"{trunk.inventory_numbers} inventory numbers already arrive on '{trunk.name}'."
+        )
+    else:
+        lines.append(f"No inventory numbers name '{trunk.name}' yet (switchboard numbers import).")
+    if not trunk.allowed_sources:
+        lines.append("Note: no --allow networks, so calls from this carrier will be refused.")
+    return "\n".join(lines)

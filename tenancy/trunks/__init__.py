@@ -1,0 +1,1 @@
+"""SIP trunks: platform trunks the operator runs, and tenants' own carriers (BYOC)."""
