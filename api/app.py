@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from api.context import ApiDeps, _valid_ip
 from api.controllers.auth import AuthController, OAuthController
+from api.controllers.contacts import ContactController
 from api.controllers.flows import FlowController, NumberRoutingController
 from api.controllers.health import HealthController
 from api.controllers.numbers import NumberController, SeatController
@@ -125,6 +126,7 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             FlowController,
             NumberRoutingController,
             TrunkController,
+            ContactController,
             PagesController,
         ],
         state=State({"deps": deps}),
