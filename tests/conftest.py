@@ -236,14 +236,17 @@ async def running_api(
     stop = asyncio.Event()
     async with roles.open_resources(settings, role="test") as res:
         roles.start_worker(res, stop, mail_poll=0.05)
-        app = create_app(roles.api_deps(res))
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://switchboard.test") as c:
-            try:
-                yield Api(c, settings, res.pool, mail, res, stop)
-            finally:
-                stop.set()
-                await asyncio.gather(*res.tasks, return_exceptions=True)
+        try:
+            app = create_app(roles.api_deps(res))
+            transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://switchboard.test"
+            ) as client:
+                yield Api(client, settings, res.pool, mail, res, stop)
+        finally:
+            # Stop the worker before the pool closes: it holds connections until it stops.
+            stop.set()
+            await asyncio.gather(*res.tasks, return_exceptions=True)
 
 
 @pytest.fixture
