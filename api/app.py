@@ -20,6 +20,7 @@ from api.controllers.flows import FlowController, NumberRoutingController
 from api.controllers.health import HealthController
 from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
+from api.controllers.prompts import PromptController
 from api.controllers.tenant import (
     ApiKeyController,
     OAuthClientController,
@@ -127,6 +128,7 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             NumberRoutingController,
             TrunkController,
             ContactController,
+            PromptController,
             PagesController,
         ],
         state=State({"deps": deps}),

@@ -161,8 +161,9 @@ async def idempotent(
     body = await request.body()
     async with transaction(request, subject) as conn:
         if key is not None:
+            target = request.url.path + ("?" + request.url.query if request.url.query else "")
             fingerprint = hashlib.sha256(
-                request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
+                request.method.encode() + b" " + target.encode() + b"\n" + body
             ).digest()
             owned = await repo.claim_key(
                 conn, subject.tenant_id, key, request.method, request.url.path, fingerprint
