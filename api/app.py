@@ -21,6 +21,7 @@ from api.controllers.health import HealthController
 from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
 from api.controllers.prompts import PromptController
+from api.controllers.queues import AgentSkillController, QueueController, SkillController
 from api.controllers.tenant import (
     ApiKeyController,
     OAuthClientController,
@@ -129,6 +130,9 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             TrunkController,
             ContactController,
             PromptController,
+            SkillController,
+            AgentSkillController,
+            QueueController,
             PagesController,
         ],
         state=State({"deps": deps}),

@@ -1,0 +1,1 @@
+"""Skills, agents' skill levels, queues and their members."""
