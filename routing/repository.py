@@ -174,3 +174,33 @@ async def prompt_ids(conn: asyncpg.Connection, tenant_id: TenantId) -> set[UUID]
     return {
         r["id"] for r in await conn.fetch("select id from prompts where tenant_id = $1", tenant_id)
     }
+
+
+async def set_references(
+    conn: asyncpg.Connection,
+    tenant_id: TenantId,
+    flow_id: UUID,
+    queues: set[UUID],
+    prompts: set[UUID],
+) -> None:
+    """Record what the flow uses now (draft and published version together)."""
+    await conn.execute(
+        "delete from flow_queue_refs where tenant_id = $1 and flow_id = $2", tenant_id, flow_id
+    )
+    await conn.execute(
+        "delete from flow_prompt_refs where tenant_id = $1 and flow_id = $2", tenant_id, flow_id
+    )
+    await conn.execute(
+        """insert into flow_queue_refs (tenant_id, flow_id, queue_id)
+           select $1, $2, unnest($3::uuid[])""",
+        tenant_id,
+        flow_id,
+        sorted(queues),
+    )
+    await conn.execute(
+        """insert into flow_prompt_refs (tenant_id, flow_id, prompt_id)
+           select $1, $2, unnest($3::uuid[])""",
+        tenant_id,
+        flow_id,
+        sorted(prompts),
+    )

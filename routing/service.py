@@ -12,7 +12,15 @@ import msgspec
 from bus.outbox import enqueue
 from routing import events as ev
 from routing import repository as repo
-from routing.flows import FlowDocument, FlowInvalid, decode_flow, encode_flow, validate_flow
+from routing.flows import (
+    FlowDocument,
+    FlowInvalid,
+    decode_flow,
+    encode_flow,
+    referenced_prompts,
+    referenced_queues,
+    validate_flow,
+)
 from routing.models import Flow, FlowCreate, FlowUpdate, FlowVersion
 from runtime.ids import new_id
 from tenancy.errors import Conflict, InvalidInput, NotFound
@@ -34,6 +42,21 @@ def _rejected(problems: list[Any]) -> FlowRejected:
     )
 
 
+async def _record_references(
+    conn: asyncpg.Connection, subject: Subject, flow_id: UUID, *documents: Any
+) -> None:
+    """The queues and prompts the draft and the published version use, so neither can be
+    deleted while a flow might still send a caller to it."""
+    queues: set[UUID] = set()
+    prompts: set[UUID] = set()
+    for document in documents:
+        if document is not None:
+            doc = decode_flow(document)
+            queues |= referenced_queues(doc)
+            prompts |= referenced_prompts(doc)
+    await repo.set_references(conn, subject.tenant_id, flow_id, queues, prompts)
+
+
 async def checked(conn: asyncpg.Connection, subject: Subject, document: Any) -> dict[str, Any]:
     """The document in canonical form, or FlowRejected listing every problem by field."""
     try:
@@ -49,6 +72,13 @@ async def checked(conn: asyncpg.Connection, subject: Subject, document: Any) -> 
         raise _rejected(problems)
     canonical: dict[str, Any] = msgspec.json.decode(encode_flow(doc))
     return canonical
+
+
+async def _published(conn: asyncpg.Connection, row: asyncpg.Record) -> Any:
+    if row["published_version"] is None:
+        return None
+    version = await repo.get_version(conn, row["tenant_id"], row["id"], row["published_version"])
+    return None if version is None else version["document"]
 
 
 def to_flow(row: asyncpg.Record) -> Flow:
@@ -81,6 +111,7 @@ async def create_flow(
     row = await repo.insert_flow(conn, subject.tenant_id, flow_id, data.name.strip(), draft)
     if row is None:
         raise Conflict("A flow with this name exists.", field="name")
+    await _record_references(conn, subject, flow_id, draft)
     await enqueue(
         conn,
         ev.FlowCreated(tenant_id=subject.tenant_id, flow_id=flow_id, name=row["name"]),
@@ -129,6 +160,8 @@ async def update_flow(
     row = await repo.update_flow(
         conn, subject.tenant_id, flow_id, name=name, draft=draft, draft_changed=draft_changed
     )
+    if draft_changed:
+        await _record_references(conn, subject, flow_id, draft, await _published(conn, row))
     await enqueue(
         conn,
         ev.FlowDraftUpdated(tenant_id=subject.tenant_id, flow_id=flow_id, name=name),
@@ -147,6 +180,7 @@ async def publish(
     row = await _get(conn, subject, flow_id, lock=True)
     document = await checked(conn, subject, row["draft"])
     version = await repo.add_version(conn, subject.tenant_id, flow_id, document, subject.actor_id)
+    await _record_references(conn, subject, flow_id, document)
     await enqueue(
         conn,
         ev.FlowPublished(tenant_id=subject.tenant_id, flow_id=flow_id, version=version["version"]),

@@ -198,10 +198,14 @@ async def update_prompt(
 async def delete_prompt(
     conn: asyncpg.Connection, subject: Subject, origin: Origin, prompt_id: UUID
 ) -> None:
-    # Flows and queues that play the prompt do not hold it yet: once they do, a prompt in use
-    # is refused here with Conflict naming them.
     require(subject, "prompts:write")
-    row = await repo.delete_prompt(conn, subject.tenant_id, prompt_id)
+    try:
+        row = await repo.delete_prompt(conn, subject.tenant_id, prompt_id)
+    except asyncpg.ForeignKeyViolationError:
+        # flow_prompt_refs and queues.hold_music_prompt_id hold it (RESTRICT).
+        raise Conflict(
+            "The prompt is in use by a flow or as a queue's hold music; change those first."
+        ) from None
     if row is None:
         raise NotFound("Prompt not found.")
     await enqueue(

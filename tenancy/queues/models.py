@@ -140,6 +140,7 @@ class Queue(msgspec.Struct, kw_only=True):
     announce_position: bool
     announce_ewt: bool
     record: bool
+    hold_music_prompt_id: UUID | None
     created_at: datetime
     updated_at: datetime
 
@@ -160,6 +161,8 @@ class QueueCreate(_In):
     announce_ewt: bool = False
     """Tell waiting callers their estimated wait time."""
     record: bool = False
+    hold_music_prompt_id: UUID | None = None
+    """A prompt of the tenant's, looped while callers wait; none plays the platform's."""
 
 
 class QueueUpdate(_In):
@@ -176,6 +179,7 @@ class QueueUpdate(_In):
     announce_position: bool | msgspec.UnsetType = _UNSET
     announce_ewt: bool | msgspec.UnsetType = _UNSET
     record: bool | msgspec.UnsetType = _UNSET
+    hold_music_prompt_id: UUID | msgspec.UnsetType | None = _UNSET
 
 
 class QueueMemberIn(_In):

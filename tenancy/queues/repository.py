@@ -186,6 +186,7 @@ _QUEUE_FIELDS = (
     "announce_position",
     "announce_ewt",
     "record",
+    "hold_music_prompt_id",
 )
 
 

@@ -16,6 +16,7 @@ from runtime.ids import new_id
 from tenancy.errors import Conflict, InvalidInput, NotFound
 from tenancy.models import Origin, Subject, TenantId
 from tenancy.plans import enforce_limit
+from tenancy.prompts import repository as prompts
 from tenancy.queues import events as ev
 from tenancy.queues import repository as repo
 from tenancy.queues.models import (
@@ -51,6 +52,7 @@ _SETTINGS = (
     "announce_position",
     "announce_ewt",
     "record",
+    "hold_music_prompt_id",
 )
 
 
@@ -86,6 +88,7 @@ def to_queue(row: asyncpg.Record) -> Queue:
         announce_position=row["announce_position"],
         announce_ewt=row["announce_ewt"],
         record=row["record"],
+        hold_music_prompt_id=row["hold_music_prompt_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -105,6 +108,13 @@ def _reference_errors(
             errors.append((field.format(i), f"No such {what} in this tenant."))
         first.setdefault(ref, i)
     return errors
+
+
+async def _check_hold_music(
+    conn: asyncpg.Connection, tenant_id: TenantId, prompt_id: UUID | None
+) -> None:
+    if prompt_id is not None and await prompts.get_prompt(conn, tenant_id, prompt_id) is None:
+        raise InvalidInput("No such prompt in this tenant.", field="hold_music_prompt_id")
 
 
 def _rejected(errors: list[tuple[str, str]]) -> InvalidInput:
@@ -364,10 +374,12 @@ async def create_queue(
     await _check_required_skills(conn, subject.tenant_id, data.required_skills)
     await _check_overflow(conn, subject.tenant_id, data.overflow, None)
     await enforce_limit(conn, subject.tenant_id, "queues", repo.COUNT_QUEUES)
+    await _check_hold_music(conn, subject.tenant_id, data.hold_music_prompt_id)
     settings: dict[str, Any] = {
         field: msgspec.to_builtins(getattr(data, field)) for field in _SETTINGS
     }
     settings["name"] = name
+    settings["hold_music_prompt_id"] = data.hold_music_prompt_id
     queue_id = new_id()
     row = await repo.insert_queue(conn, subject.tenant_id, queue_id, **settings)
     if row is None:
@@ -412,6 +424,8 @@ async def update_queue(
     }
     if "name" in wanted:
         wanted["name"] = _queue_name(wanted["name"])
+    if not isinstance(data.hold_music_prompt_id, msgspec.UnsetType):
+        wanted["hold_music_prompt_id"] = data.hold_music_prompt_id
     changes = {k: v for k, v in wanted.items() if current[k] != v}
     if not changes:
         return to_queue(current)
@@ -427,6 +441,8 @@ async def update_queue(
     _check_strategy(strategy, required)
     if "required_skills" in changes:
         await _check_required_skills(conn, subject.tenant_id, required)
+    if "hold_music_prompt_id" in changes:
+        await _check_hold_music(conn, subject.tenant_id, changes["hold_music_prompt_id"])
     if "overflow" in changes and not isinstance(data.overflow, msgspec.UnsetType):
         await _check_overflow(conn, subject.tenant_id, data.overflow, queue_id)
     try:
@@ -467,7 +483,13 @@ async def delete_queue(
             f"{'' if len(referrers) > 1 else 's'} to {queue['name']!r}. "
             "Change their overflow first."
         )
-    await repo.delete_queue(conn, subject.tenant_id, queue_id)
+    try:
+        await repo.delete_queue(conn, subject.tenant_id, queue_id)
+    except asyncpg.ForeignKeyViolationError:
+        # flow_queue_refs holds it (RESTRICT): a flow's draft or published version uses it.
+        raise InUse(
+            f"A flow sends callers to {queue['name']!r}; change the flow (and publish it) first."
+        ) from None
     await _publish(
         conn, ev.QueueDeleted(tenant_id=subject.tenant_id, queue_id=queue_id, name=queue["name"])
     )

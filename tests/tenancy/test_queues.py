@@ -125,6 +125,7 @@ async def test_skills_queues_agent_levels_and_members_are_created_and_read_back(
         "announce_position": False,
         "announce_ewt": False,
         "record": False,
+        "hold_music_prompt_id": None,
     }
 
     ann, bob = await _agent(api, owner, "ann@acme.test"), await _agent(api, owner, "bob@acme.test")
@@ -737,3 +738,42 @@ async def test_reading_and_changing_needs_the_permission(api: Api) -> None:
         headers=reader,
     )
     _problem(r, 403)
+
+
+async def test_a_queue_plays_one_of_the_tenants_prompts_as_hold_music(api: Api) -> None:
+    owner = await api.signup_verified("owner@acme.test")
+    other = await api.signup_verified("other@b.test", "B")
+    r = await api.client.post(
+        "/v1/prompts", json={"name": "jazz", "text": "Please hold."}, headers=owner["auth"]
+    )
+    prompt = r.json()
+    theirs = (
+        await api.client.post(
+            "/v1/prompts", json={"name": "theirs", "text": "Hold."}, headers=other["auth"]
+        )
+    ).json()
+    r = await api.client.post(
+        "/v1/queues",
+        json={"name": "Sales", "strategy": "round_robin", "hold_music_prompt_id": theirs["id"]},
+        headers=owner["auth"],
+    )
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "hold_music_prompt_id"
+    r = await api.client.post(
+        "/v1/queues",
+        json={"name": "Sales", "strategy": "round_robin", "hold_music_prompt_id": prompt["id"]},
+        headers=owner["auth"],
+    )
+    assert r.status_code == 201, r.text
+    queue = r.json()
+    assert queue["hold_music_prompt_id"] == prompt["id"]
+    r = await api.client.delete(f"/v1/prompts/{prompt['id']}", headers=owner["auth"])
+    assert r.status_code == 409
+    r = await api.client.patch(
+        f"/v1/queues/{queue['id']}", json={"hold_music_prompt_id": None}, headers=owner["auth"]
+    )
+    assert r.status_code == 200
+    assert r.json()["hold_music_prompt_id"] is None
+    assert (
+        await api.client.delete(f"/v1/prompts/{prompt['id']}", headers=owner["auth"])
+    ).status_code == 204
