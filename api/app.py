@@ -22,6 +22,7 @@ from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
 from api.controllers.prompts import PromptController
 from api.controllers.queues import AgentSkillController, QueueController, SkillController
+from api.controllers.sso import SsoController, SsoSignInController
 from api.controllers.tenant import (
     ApiKeyController,
     OAuthClientController,
@@ -125,14 +126,16 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             OAuthClientController,
             NumberController,
             SeatController,
+            ContactController,
             FlowController,
             NumberRoutingController,
             TrunkController,
-            ContactController,
             PromptController,
             SkillController,
             AgentSkillController,
             QueueController,
+            SsoController,
+            SsoSignInController,
             PagesController,
         ],
         state=State({"deps": deps}),

@@ -1,7 +1,8 @@
 """Authentication: every flow that starts from a credential rather than a known tenant.
 
 This is the only place a TenantId is minted: from a verified access token, API key, client
-secret, refresh token or emailed token, or for a brand-new tenant at signup.
+secret, refresh token, emailed token or single sign-on state, or for a brand-new tenant at
+signup.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from tenancy.models import (
     TokenPair,
 )
 from tenancy.permissions import ALL_PERMISSIONS, permissions_for
+from tenancy.sso import service as sso
+from tenancy.vault import Vault
 
 _USABLE = {TenantStatus.ACTIVE, TenantStatus.PAST_DUE}
 
@@ -297,6 +300,12 @@ class Authenticator:
                 )
             else:
                 self._check_can_sign_in(tenant, user)
+                if not await sso.password_login_allowed(conn, tenant_id, Role(user["role"])):
+                    raise Forbidden(
+                        "Your organization signs in with single sign-on: start at "
+                        f"{sso.start_url(self.settings.base_url, tenant_id)}.",
+                        code="password-login-disabled",
+                    )
                 await repo.update_user(conn, tenant_id, user_id, last_login_at=service.now())
                 await service.audit(
                     conn,
@@ -477,6 +486,62 @@ class Authenticator:
                 target_id=user["id"],
             )
             return await self._issue_pair(conn, token.tenant_id, user["id"], Role(user["role"]))
+
+    # --- single sign-on (OpenID Connect) ------------------------------------------------------
+
+    async def start_sso(self, tenant: UUID, vault: Vault) -> str:
+        """The identity provider's authorization URL for a new sign-in to `tenant`."""
+        tenant_id = TenantId(tenant)
+        async with tenant_tx(self.pool, tenant_id) as conn:
+            row = await repo.get_tenant(conn, tenant_id)
+            if row is not None and row["status"] not in _USABLE:
+                raise TenantNotActive(f"The tenant is {row['status']}.")
+            return await sso.begin_login(conn, vault, tenant_id, base_url=self.settings.base_url)
+
+    async def finish_sso(
+        self, state: str | None, code: str | None, error: str | None, vault: Vault, origin: Origin
+    ) -> TokenPair:
+        """The provider sent the browser back: spend the state, check the ID token, find or
+        create the user, and issue a session. Refusals after the state are audited."""
+        tenant, secret = sso.parse_state(state)
+        tenant_id = TenantId(tenant)
+        async with tenant_tx(self.pool, tenant_id) as conn:
+            pending = await sso.claim_login(conn, vault, tenant_id, secret)
+        try:
+            identity, email = await sso.verify_identity(
+                pending,
+                code=code,
+                error=error,
+                base_url=self.settings.base_url,
+                allow_insecure=self.settings.test_mode,
+            )
+            async with tenant_tx(self.pool, tenant_id) as conn:
+                tenant_row = await repo.get_tenant(conn, tenant_id)
+                assert tenant_row is not None
+                user = await sso.find_or_create_user(
+                    conn, tenant_id, origin, pending, identity, email
+                )
+                self._check_can_sign_in(tenant_row, user)
+                await repo.update_user(conn, tenant_id, user["id"], last_login_at=service.now())
+                await service.audit(
+                    conn,
+                    tenant_id,
+                    origin,
+                    "auth.sso_login",
+                    actor_type="user",
+                    actor_id=user["id"],
+                    target_type="user",
+                    target_id=user["id"],
+                    issuer=pending.provider.issuer,
+                    provider_subject=identity.subject,
+                )
+                return await self._issue_pair(conn, tenant_id, user["id"], Role(user["role"]))
+        except TenancyError as exc:
+            async with tenant_tx(self.pool, tenant_id) as conn:
+                await sso.record_refusal(
+                    conn, tenant_id, origin, str(exc.extra.get("code", exc.code)), exc.detail
+                )
+            raise
 
     # --- OAuth2 client credentials ------------------------------------------------------------
 
