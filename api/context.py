@@ -121,6 +121,22 @@ def page_of(items: list[T], limit: int) -> Page[T]:
     return Page(data=items[:limit], has_more=len(items) > limit)
 
 
+async def list_page(
+    request: AnyRequest,
+    subject: Subject,
+    limit: int,
+    starting_after: str | None,
+    fetch: Callable[..., Awaitable[list[T]]],
+) -> Page[T]:
+    """One cursor page: `fetch(conn, subject, limit=, after=)` runs in the tenant's transaction
+    and is asked for one extra item, which only says whether there is more."""
+    check_limit(limit)
+    after = uuid_or_none(starting_after)
+    async with transaction(request, subject) as conn:
+        items = await fetch(conn, subject, limit=limit + 1, after=after)
+    return page_of(items, limit)
+
+
 def check_limit(limit: int) -> int:
     if not 1 <= limit <= 100:
         raise ApiError(422, "validation-error", "Invalid request", "limit must be 1..100.")

@@ -11,11 +11,9 @@ from litestar.params import Parameter
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     idempotent,
-    page_of,
+    list_page,
     transaction,
-    uuid_or_none,
 )
 from api.controllers.tenant import _RESPONSES, After, IdempotencyKey, Limit, TenantScoped
 from api.problems import ApiError, problem_spec
@@ -81,13 +79,14 @@ class ContactController(TenantScoped):
         limit: Limit = 20,
         starting_after: After = None,
     ) -> Page[Contact]:
-        check_limit(limit)
         query = ContactQuery(phone=phone, country=country, vip=vip, blocked=blocked)
-        async with transaction(request, subject) as conn:
-            items = await contacts.list_contacts(
-                conn, subject, query, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(
+            request,
+            subject,
+            limit,
+            starting_after,
+            lambda conn, subject, **page: contacts.list_contacts(conn, subject, query, **page),
+        )
 
     @post(
         "/import",

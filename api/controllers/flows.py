@@ -9,11 +9,9 @@ from litestar import Response, delete, get, patch, post, put
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     idempotent,
-    page_of,
+    list_page,
     transaction,
-    uuid_or_none,
 )
 from api.controllers.tenant import _RESPONSES, After, IdempotencyKey, Limit, TenantScoped
 from routing import service as flows
@@ -45,12 +43,7 @@ class FlowController(TenantScoped):
     async def list_flows(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Flow]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await flows.list_flows(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, flows.list_flows)
 
     @get("/{flow_id:uuid}", responses=_RESPONSES, summary="Get a flow and its draft")
     async def get_flow(self, request: AnyRequest, subject: Subject, flow_id: UUID) -> Flow:

@@ -11,12 +11,10 @@ from litestar.params import Parameter
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     deps_of,
     idempotent,
-    page_of,
+    list_page,
     transaction,
-    uuid_or_none,
 )
 from api.controllers.tenant import _RESPONSES, After, IdempotencyKey, Limit, TenantScoped
 from tenancy.models import Origin, Subject
@@ -91,12 +89,7 @@ class NumberController(TenantScoped):
     async def list_numbers(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Number]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await numbers.list_numbers(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, numbers.list_numbers)
 
     @get("/{number_id:uuid}", responses=_RESPONSES, summary="Get a number")
     async def get_number(self, request: AnyRequest, subject: Subject, number_id: UUID) -> Number:
@@ -149,12 +142,7 @@ class SeatController(TenantScoped):
     async def list_seats(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Seat]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await seats.list_seats(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, seats.list_seats)
 
     @get("/{seat_id:uuid}", responses=_RESPONSES, summary="Get a seat")
     async def get_seat(self, request: AnyRequest, subject: Subject, seat_id: UUID) -> Seat:

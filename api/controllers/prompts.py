@@ -26,11 +26,9 @@ from litestar.params import Parameter
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     idempotent,
-    page_of,
+    list_page,
     transaction,
-    uuid_or_none,
 )
 from api.controllers.tenant import _RESPONSES, After, IdempotencyKey, Limit, TenantScoped
 from api.problems import ApiError, problem_spec
@@ -195,12 +193,7 @@ class PromptController(TenantScoped):
     async def list_prompts(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Prompt]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await prompts.list_prompts(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, prompts.list_prompts)
 
     @get("/{prompt_id:uuid}", responses=_RESPONSES, summary="Get a prompt")
     async def get_prompt(self, request: AnyRequest, subject: Subject, prompt_id: UUID) -> Prompt:

@@ -9,11 +9,9 @@ from litestar import Response, delete, get, patch, post, put
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     idempotent,
-    page_of,
+    list_page,
     transaction,
-    uuid_or_none,
 )
 from api.controllers.tenant import _RESPONSES, After, IdempotencyKey, Limit, TenantScoped
 from tenancy.models import Origin, Subject
@@ -53,12 +51,7 @@ class SkillController(TenantScoped):
     async def list_skills(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Skill]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await queues.list_skills(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, queues.list_skills)
 
     @get("/{skill_id:uuid}", responses=_RESPONSES, summary="Get a skill")
     async def get_skill(self, request: AnyRequest, subject: Subject, skill_id: UUID) -> Skill:
@@ -136,12 +129,7 @@ class QueueController(TenantScoped):
     async def list_queues(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Queue]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await queues.list_queues(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, queues.list_queues)
 
     @get("/{queue_id:uuid}", responses=_RESPONSES, summary="Get a queue")
     async def get_queue(self, request: AnyRequest, subject: Subject, queue_id: UUID) -> Queue:

@@ -12,13 +12,11 @@ from litestar.params import Parameter
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     idempotent,
-    page_of,
+    list_page,
     provide_origin,
     provide_subject,
     transaction,
-    uuid_or_none,
 )
 from api.problems import AUTH_RESPONSES, problem_spec
 from tenancy import service
@@ -89,12 +87,7 @@ class TenantController(TenantScoped):
     async def audit_log(
         self, request: AnyRequest, subject: Subject, limit: Limit = 50, starting_after: After = None
     ) -> Page[AuditEntry]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await service.list_audit(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, service.list_audit)
 
 
 class UserController(TenantScoped):
@@ -105,12 +98,7 @@ class UserController(TenantScoped):
     async def list_users(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[User]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await service.list_users(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, service.list_users)
 
     @get("/{user_id:uuid}", responses=_RESPONSES, summary="Get a user")
     async def get_user(self, request: AnyRequest, subject: Subject, user_id: UUID) -> User:
@@ -149,12 +137,7 @@ class ApiKeyController(TenantScoped):
     async def list_keys(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[ApiKey]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await service.list_api_keys(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, service.list_api_keys)
 
     @get("/{key_id:uuid}", responses=_RESPONSES, summary="Get an API key (never its secret)")
     async def get_key(self, request: AnyRequest, subject: Subject, key_id: UUID) -> ApiKey:
@@ -195,12 +178,7 @@ class OAuthClientController(TenantScoped):
     async def list_clients(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[OAuthClient]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await service.list_oauth_clients(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, service.list_oauth_clients)
 
     @post(
         "/",

@@ -9,12 +9,10 @@ from litestar import Response, delete, get, patch, post
 from api.context import (
     AnyRequest,
     Page,
-    check_limit,
     deps_of,
     idempotent,
-    page_of,
+    list_page,
     transaction,
-    uuid_or_none,
 )
 from api.controllers.tenant import _RESPONSES, After, IdempotencyKey, Limit, TenantScoped
 from tenancy.models import Origin, Subject
@@ -53,12 +51,7 @@ class TrunkController(TenantScoped):
     async def list_trunks(
         self, request: AnyRequest, subject: Subject, limit: Limit = 20, starting_after: After = None
     ) -> Page[Trunk]:
-        check_limit(limit)
-        async with transaction(request, subject) as conn:
-            items = await trunks.list_trunks(
-                conn, subject, limit=limit + 1, after=uuid_or_none(starting_after)
-            )
-        return page_of(items, limit)
+        return await list_page(request, subject, limit, starting_after, trunks.list_trunks)
 
     @get("/{trunk_id:uuid}", responses=_RESPONSES, summary="Get a trunk (never its passwords)")
     async def get_trunk(self, request: AnyRequest, subject: Subject, trunk_id: UUID) -> Trunk:
