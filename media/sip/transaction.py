@@ -22,6 +22,7 @@ job (RFC 3261 §13.3.1.4). Transport errors (§17.1.4) are not modelled yet.
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -114,7 +115,7 @@ def _server_key(request: SipRequest, method: str) -> ServerKey:
     )
 
 
-class _Transaction:
+class _Transaction(ABC):
     _retransmit_timers: frozenset[str] = frozenset()
 
     def __init__(self, *, reliable: bool, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
@@ -144,8 +145,9 @@ class _Transaction:
             actions += self._fire(name, at)
         return actions
 
+    @abstractmethod
     def _fire(self, name: str, at: float) -> list[Action]:
-        raise NotImplementedError
+        """What timer `name`, due at `at`, does in this kind of transaction."""
 
     def _schedule(self, name: str, at: float) -> None:
         self._deadlines[name] = at
