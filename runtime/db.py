@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 from uuid import UUID
@@ -79,6 +79,24 @@ def platform_tx(pool: asyncpg.Pool) -> AbstractAsyncContextManager[asyncpg.Conne
     """A transaction with no tenant: tenant tables read as empty, only platform tables and the
     narrow resolver functions (sb_*) are usable."""
     return _transaction(pool, "begin")
+
+
+def set_clause(
+    fields: Iterable[str],
+    *,
+    allowed: Container[str],
+    start: int = 3,
+    casts: Mapping[str, str] | None = None,
+) -> str:
+    """`a = $3, b = $4` for an UPDATE whose first parameters are the row's key. Column names
+    come from code, never from a request, and are checked against `allowed` — the guard that
+    keeps the f-string SQL safe."""
+    names = list(fields)
+    unknown = sorted(n for n in names if n not in allowed)
+    if not names or unknown:
+        raise ValueError(f"cannot update {unknown or 'nothing'}")
+    casts = casts or {}
+    return ", ".join(f"{n} = ${i}{casts.get(n, '')}" for i, n in enumerate(names, start=start))
 
 
 async def fetch_value(conn: asyncpg.Connection, query: str, *args: Any) -> Any:

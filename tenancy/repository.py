@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import set_clause
 from runtime.ids import new_id
 from tenancy.models import TenantId
 
@@ -105,13 +106,15 @@ async def list_users(
     )
 
 
+_USER_COLUMNS = frozenset(
+    {"name", "role", "status", "password_hash", "email_verified_at", "last_login_at"}
+)
+
+
 async def update_user(
     conn: asyncpg.Connection, tenant_id: TenantId, user_id: UUID, **fields: Any
 ) -> Record | None:
-    allowed = {"name", "role", "status", "password_hash", "email_verified_at", "last_login_at"}
-    if not fields or not set(fields) <= allowed:
-        raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=3))
+    sets = set_clause(fields, allowed=_USER_COLUMNS)
     return await conn.fetchrow(
         f"update users set {sets} where tenant_id = $1 and id = $2 returning *",  # noqa: S608
         tenant_id,

@@ -8,6 +8,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from runtime.db import set_clause
 from tenancy.models import TenantId
 
 Record = asyncpg.Record
@@ -89,10 +90,7 @@ async def update_contact(
     conn: asyncpg.Connection, tenant_id: TenantId, contact_id: UUID, **fields: Any
 ) -> Record | None:
     """Raises asyncpg.UniqueViolationError if `phone` is another contact's."""
-    allowed = {"phone", "name", "vip", "blocked", "attributes"}
-    if not fields or not set(fields) <= allowed:
-        raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=3))
+    sets = set_clause(fields, allowed=("phone", "name", "vip", "blocked", "attributes"))
     return await conn.fetchrow(
         f"""update contacts set {sets}, updated_at = now()
             where tenant_id = $1 and id = $2 returning *""",  # noqa: S608

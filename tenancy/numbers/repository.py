@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import set_clause
 from tenancy.models import TenantId
 from tenancy.numbers.models import NumberQuery
 
@@ -133,10 +134,7 @@ COUNT_ACTIVE = "select count(*) from numbers where tenant_id = $1 and released_a
 async def update_number(
     conn: asyncpg.Connection, tenant_id: TenantId, number_id: UUID, **fields: Any
 ) -> Record | None:
-    allowed = {"label", "flow_id"}
-    if not fields or not set(fields) <= allowed:
-        raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=3))
+    sets = set_clause(fields, allowed=("label", "flow_id"))
     return await conn.fetchrow(
         f"""update numbers set {sets}
             where tenant_id = $1 and id = $2 and released_at is null returning *""",  # noqa: S608

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import set_clause
 from tenancy.models import TenantId
 
 Record = asyncpg.Record
@@ -238,9 +239,7 @@ async def update_queue(
     conn: asyncpg.Connection, tenant_id: TenantId, queue_id: UUID, **fields: Any
 ) -> Record | None:
     """Raises asyncpg.UniqueViolationError if `name` is another queue's."""
-    if not fields or not set(fields) <= set(_QUEUE_FIELDS):
-        raise ValueError(f"cannot update {sorted(set(fields) - set(_QUEUE_FIELDS))}")
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=3))
+    sets = set_clause(fields, allowed=_QUEUE_FIELDS)
     return await conn.fetchrow(
         f"""update queues set {sets}, updated_at = now()
             where tenant_id = $1 and id = $2 returning *""",  # noqa: S608

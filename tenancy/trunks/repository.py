@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import set_clause
 from tenancy.models import TenantId
 
 Record = asyncpg.Record
@@ -149,11 +150,7 @@ async def name_taken(
 async def update_trunk(
     conn: asyncpg.Connection, tenant_id: TenantId, trunk_id: UUID, **fields: Any
 ) -> Record | None:
-    if not fields or not set(fields) <= _WRITABLE:
-        raise ValueError(f"cannot update {sorted(set(fields) - _WRITABLE)}")
-    sets = ", ".join(
-        f"{name} = ${i}{_CASTS.get(name, '')}" for i, name in enumerate(fields, start=3)
-    )
+    sets = set_clause(fields, allowed=_WRITABLE, casts=_CASTS)
     return await conn.fetchrow(
         f"""update trunks set {sets}, updated_at = now()
             where tenant_id = $1 and id = $2 returning *""",  # noqa: S608
