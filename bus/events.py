@@ -47,6 +47,8 @@ class EventCodec:
             tag = cls.__struct_config__.tag
             if not isinstance(tag, str) or tag == cls.__name__:
                 raise TypeError(f"{cls.__name__} needs an explicit tag, e.g. tag='call.answered'")
+            if cls.subject is Event.subject:
+                raise TypeError(f"{cls.__name__} must define subject()")
             if tag in seen and seen[tag] is not cls:
                 raise TypeError(f"{seen[tag].__name__} and {cls.__name__} share the tag {tag!r}")
             seen[tag] = cls

@@ -447,8 +447,8 @@ class NonceIssuer:
         self._lifetime_s = lifetime_s
         self._clock = clock
         # Unknown users are checked against these so they cost the same as known ones.
-        self._dummy_password = secrets.token_hex(16)
-        self._dummy_ha1 = {
+        self._decoy_password = secrets.token_hex(16)
+        self._decoy_ha1 = {
             a: _h(a, secrets.token_hex(16)) for a in (Algorithm.MD5, Algorithm.SHA256)
         }
 
@@ -506,13 +506,13 @@ class NonceIssuer:
         if password_lookup is not None:
             password = password_lookup(c.username)
             if password is None:
-                known, password = False, self._dummy_password
+                known, password = False, self._decoy_password
             base_ha1 = ha1(algorithm.base, c.username, c.realm, password)
         else:
             assert ha1_lookup is not None
             stored = ha1_lookup(c.username, algorithm.base)
             if stored is None:
-                known, stored = False, self._dummy_ha1[algorithm.base]
+                known, stored = False, self._decoy_ha1[algorithm.base]
             base_ha1 = stored.lower()
         expected = _response(
             algorithm,

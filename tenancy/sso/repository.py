@@ -42,11 +42,11 @@ async def upsert_config(conn: asyncpg.Connection, tenant_id: TenantId, **fields:
     if set(fields) != set(_COLUMNS):
         raise ValueError(f"upsert_config needs exactly {sorted(_COLUMNS)}")
     values = [fields[c] for c in _COLUMNS]
-    placeholders = ", ".join(f"${i}" for i in range(2, len(_COLUMNS) + 2))
+    params = ", ".join(f"${i}" for i in range(2, len(_COLUMNS) + 2))
     updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS)
     row = await conn.fetchrow(
         f"""insert into sso_configs (tenant_id, {", ".join(_COLUMNS)})
-            values ($1, {placeholders})
+            values ($1, {params})
             on conflict (tenant_id) do update set {updates}, updated_at = now()
             returning *""",  # noqa: S608
         tenant_id,

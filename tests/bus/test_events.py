@@ -125,10 +125,16 @@ def test_codec_rejects_untagged_and_clashing_events() -> None:
         pass
 
     class Clash(Event, frozen=True, kw_only=True, tag="user.created"):
+        def subject(self) -> str:
+            return f"tenant.{self.tenant_id}.user.clash"
+
+    class Nowhere(Event, frozen=True, kw_only=True, tag="user.nowhere"):
         pass
 
     with pytest.raises(TypeError, match="explicit tag"):
         EventCodec([Untagged])
+    with pytest.raises(TypeError, match="must define subject"):
+        EventCodec([Nowhere])
     with pytest.raises(TypeError, match="share the tag"):
         EventCodec([UserCreated, Clash])
     with pytest.raises(ValueError, match="at least one"):
