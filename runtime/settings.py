@@ -62,6 +62,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     log_format: str = "json"
 
+    # Media node: SIP on one port for UDP and TCP (TLS on sip_tls_port with a cert and key),
+    # RTP on even ports in [rtp_port_min, rtp_port_max].
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 5060
+    sip_transports: list[str] = msgspec.field(default_factory=lambda: ["udp", "tcp"])
+    sip_tls_port: int = 5061
+    sip_tls_cert: str | None = None
+    sip_tls_key: str | None = None
+    sip_public_host: str | None = None
+    sip_realm: str = "switchboard"
+    sip_source_rate: float = 50.0
+    sip_source_burst: int = 100
+    rtp_host: str = "127.0.0.1"
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    media_enabled: bool = True
+    """Whether `switchboard dev` runs a media node too."""
+
     data_dir: str = ".switchboard"
     node_id: str = "node-1"
     test_mode: bool = False
@@ -80,6 +98,26 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ("ip_burst", self.ip_burst >= 1, "must be >= 1"),
             ("tenant_burst", self.tenant_burst >= 1, "must be >= 1"),
             ("events_stream_replicas", self.events_stream_replicas in (1, 3, 5), "1, 3 or 5"),
+            ("sip_port", 0 <= self.sip_port <= 65535, "must be a UDP/TCP port (0-65535)"),
+            ("sip_tls_port", 0 <= self.sip_tls_port <= 65535, "must be a TCP port (0-65535)"),
+            (
+                "sip_transports",
+                bool(self.sip_transports) and set(self.sip_transports) <= {"udp", "tcp", "tls"},
+                "a non-empty list of udp, tcp, tls",
+            ),
+            (
+                "sip_tls_cert",
+                "tls" not in self.sip_transports
+                or (self.sip_tls_cert is not None and self.sip_tls_key is not None),
+                "TLS needs sip_tls_cert and sip_tls_key",
+            ),
+            (
+                "rtp_port_min",
+                1024 <= self.rtp_port_min < self.rtp_port_max <= 65535
+                and self.rtp_port_max - self.rtp_port_min >= 3,
+                "rtp_port_min < rtp_port_max, both in 1024-65535, at least 4 ports apart",
+            ),
+            ("sip_source_rate", self.sip_source_rate > 0, "must be > 0"),
             ("log_format", self.log_format in ("json", "text"), "json or text"),
             ("log_level", self.log_level.upper() in _LEVELS, "DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -121,7 +159,7 @@ def _env_name(field: str) -> str:
 
 
 def _parse_env_value(field: str, raw: str) -> Any:
-    if field == "trusted_proxies":
+    if field in ("trusted_proxies", "sip_transports"):
         return [p.strip() for p in raw.split(",") if p.strip()]
     return raw
 

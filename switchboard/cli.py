@@ -20,6 +20,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "port", None) is not None:
         overrides["http_port"] = args.port
+    if getattr(args, "sip_port", None) is not None and args.command == "media":
+        overrides["sip_port"] = args.sip_port
     if getattr(args, "data_dir", None) is not None:
         overrides["data_dir"] = args.data_dir
     return load_settings(file=args.config, **overrides)
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     api = sub.add_parser("api", help="the HTTP API")
     api.add_argument("--port", type=int)
     sub.add_parser("worker", help="outbox relay, mail delivery, housekeeping")
+    media = sub.add_parser("media", help="a media node: SIP trunks, RTP, IVR flows")
+    media.add_argument("--sip-port", type=int, help="SIP port for UDP and TCP (default 5060)")
     sub.add_parser("migrate", help="create roles and apply SQL migrations (admin URL)")
     keys = sub.add_parser("keys", help="access-token signing keys")
     keys.add_argument("action", choices=["rotate"])
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(roles.run_dev(settings))
         elif args.command == "api":
             _run(roles.run_api(settings))
+        elif args.command == "media":
+            _run(roles.run_media(settings))
         elif args.command == "worker":
             _run(roles.run_worker(settings))
         elif args.command == "migrate":

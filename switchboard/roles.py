@@ -30,6 +30,7 @@ from runtime.mail import ConsoleTransport, MailRelay, MailTransport, SmtpTranspo
 from runtime.migrate import APP_ROLE, migrate
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing, shutdown_tracing
+from switchboard.media_role import media_node
 from tenancy.auth import Authenticator
 from tenancy.credentials import KeyRing
 
@@ -225,6 +226,21 @@ async def run_worker(settings: Settings) -> None:
         await _finish(res)
 
 
+async def run_media(settings: Settings) -> None:
+    """A media node: SIP and RTP, calls' flows, commands on media.<node_id>.*."""
+    setup_logging(settings.log_level, settings.log_format, "media")
+    setup_tracing(settings.service_name, settings.otlp_endpoint, "media")
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with open_resources(settings, role="media") as res:
+        async with media_node(settings, res.pool, res.bus) as running:
+            sip = ", ".join(f"{t} {p}" for t, p in running.node.sip_ports.items())
+            log.info("media node %s serving SIP on %s", settings.node_id, sip)
+            await stop.wait()
+            running.node.drain()
+        await _finish(res)
+
+
 async def run_migrate(settings: Settings) -> list[int]:
     admin = settings.admin_database_url
     if not admin:
@@ -293,10 +309,18 @@ async def run_dev(settings: Settings) -> None:
         if stop.is_set():
             return
         merged = _merge(settings, overrides)
-        async with open_resources(merged, role="dev") as res:
+        async with (
+            open_resources(merged, role="dev") as res,
+            contextlib.AsyncExitStack() as stack,
+        ):
             res.tracer_provider = provider
             start_worker(res, stop)
             start_key_refresh(res, stop)
+            media = (
+                await stack.enter_async_context(media_node(merged, res.pool, res.bus))
+                if merged.media_enabled
+                else None
+            )
             _say("Switchboard dev is running:")
             _say(f"  API        {merged.base_url}   (OpenAPI: {merged.base_url}/schema)")
             _say(f"  sign up    {merged.base_url}/signup")
@@ -313,6 +337,11 @@ async def run_dev(settings: Settings) -> None:
                     else "printed here"
                 )
             )
+            if media is not None:
+                sip = ", ".join(
+                    f"{t} {media.node.public_host}:{p}" for t, p in media.node.sip_ports.items()
+                )
+                _say(f"  SIP        {sip}  (RTP {merged.rtp_port_min}-{merged.rtp_port_max})")
             _say("Press Ctrl-C to stop.")
             try:
                 await serve_api(res, stop)

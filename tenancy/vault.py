@@ -48,6 +48,11 @@ class Vault:
             assert row is not None
         return row["version"], unseal(master, row["wrapped"], aad=tenant_id.bytes)
 
+    async def data_key(self, conn: asyncpg.Connection, tenant_id: TenantId) -> bytes:
+        """The tenant's current data key, for deriving keys of bulk data (recordings)."""
+        _version, key = await self._data_key(conn, tenant_id)
+        return key
+
     async def seal(
         self, conn: asyncpg.Connection, tenant_id: TenantId, secret: str, *, purpose: str
     ) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,15 +53,34 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _sip_options(port: int) -> bytes:
+    """Ask the dev media node an out-of-dialog OPTIONS over UDP; its status line and all."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        local = sock.getsockname()[1]
+        request = (
+            f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-dev-ping;rport\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=dev1\r\n"
+            f"To: <sip:ping@127.0.0.1:{port}>\r\nCall-ID: dev-ping@127.0.0.1\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.sendto(request.encode(), ("127.0.0.1", port))
+        data, _ = sock.recvfrom(65535)
+        return data
+
+
 def test_dev_starts_everything_serves_the_api_and_ctrl_c_leaves_no_process(
     tmp_path: Path,
 ) -> None:
     port = free_port()
+    sip_port = free_port()
     log = (tmp_path / "dev.log").open("w+")
     proc = subprocess.Popen(
         [SWITCHBOARD, "dev", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         cwd=ROOT,
-        env=_clean_env(SWITCHBOARD_LOG_FORMAT="text"),
+        env=_clean_env(SWITCHBOARD_LOG_FORMAT="text", SWITCHBOARD_SIP_PORT=str(sip_port)),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -84,6 +104,8 @@ def test_dev_starts_everything_serves_the_api_and_ctrl_c_leaves_no_process(
         assert ready.json()["checks"] == {"postgres": True, "nats": True}
         assert "Switchboard dev is running" in output
         assert f":{port}" in output
+        assert f"udp 127.0.0.1:{sip_port}" in output
+        assert _sip_options(sip_port).startswith(b"SIP/2.0 200 ")
 
         # The mail has no SMTP server here: the verification link is printed.
         r = httpx.post(

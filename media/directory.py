@@ -1,0 +1,104 @@
+"""What the media node needs to know about tenants, as a small interface.
+
+media knows no tenant tables: the composition root fills this from the catalog (tenancy,
+routing) and caches it. A call's script (its IVR flow) also comes through here, so the node runs
+whatever the routing layer hands it without importing routing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+from uuid import UUID
+
+from media.audio import PcmAudio
+
+if TYPE_CHECKING:
+    from media.control import CallControl
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CallScript = Callable[["CallControl"], Awaitable[None]]
+"""Runs one call's flow on the node: answer, play, collect, hang up, ..."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkSource:
+    """One trunk's inbound recognisers: the networks its INVITEs come from and, optionally,
+    the digest user it authenticates as. A platform trunk has no tenant."""
+
+    tenant_id: UUID | None
+    trunk_id: UUID | None
+    platform_trunk: str | None
+    networks: tuple[Network, ...]
+    digest_username: str | None = None
+    digest_password: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.platform_trunk if self.platform_trunk is not None else str(self.trunk_id)
+
+    def admits(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def serves(self, route: InboundRoute) -> bool:
+        """Whether calls to `route`'s number may arrive over this trunk: the tenant's own
+        trunk (BYOC), or the platform trunk the number was bought on."""
+        if self.tenant_id is not None:
+            return self.tenant_id == route.tenant_id
+        return self.platform_trunk is not None and self.platform_trunk == route.platform_trunk
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRoute:
+    """Where a dialed number goes."""
+
+    tenant_id: UUID
+    number_id: UUID
+    e164: str
+    tenant_active: bool
+    max_concurrent_calls: int
+    platform_trunk: str | None
+    script: CallScript | None
+    """None when the number is not routed to a published flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRoute:
+    """How a tenant's outbound call leaves: the trunk to send it through and its credentials."""
+
+    trunk_name: str
+    host: str
+    port: int
+    transport: str
+    username: str | None
+    password: str | None = field(repr=False)
+    from_domain: str | None
+    codecs: tuple[str, ...]
+
+
+class CallDirectory(Protocol):
+    async def trunk_sources(self) -> Sequence[TrunkSource]:
+        """Every trunk that may send calls to this node."""
+        ...
+
+    async def inbound_route(self, e164: str) -> InboundRoute | None: ...
+
+    async def owns_number(self, tenant_id: UUID, e164: str) -> bool:
+        """Whether `e164` is one of the tenant's active numbers (outbound caller ID)."""
+        ...
+
+    async def outbound_route(
+        self, tenant_id: UUID, caller_id: str, trunk_id: UUID | None
+    ) -> OutboundRoute | None:
+        """The tenant's trunk `trunk_id` (BYOC), else the platform trunk `caller_id` came from."""
+        ...
+
+    async def prompt(self, tenant_id: UUID, prompt_id: UUID) -> PcmAudio: ...
+
+    async def speech(self, text: str, voice: str) -> PcmAudio: ...
