@@ -34,6 +34,14 @@ class TrunkSource:
     networks: tuple[Network, ...]
     digest_username: str | None = None
     digest_password: str | None = field(default=None, repr=False)
+    host: str | None = None
+    """Where the trunk is: pinged with OPTIONS, and registered to when `register`."""
+    port: int = 5060
+    transport: str = "udp"
+    register: bool = False
+    register_expires: int = 3600
+    outbound_username: str | None = None
+    outbound_password: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import secrets
 import time
@@ -30,20 +31,53 @@ from media import events as ev
 from media import sdp
 from media.bridge import Bridge
 from media.control import CallControl
-from media.directory import CallDirectory, InboundRoute, TrunkSource
+from media.directory import CallDirectory, InboundRoute, Network, TrunkSource
 from media.player import Player, Ticker
 from media.policy import OutboundPolicy, PolicyRefused, check_destination, dialed_e164
 from media.ports import PortRange
 from media.recorder import Recorder
 from media.sip.call import CallEnd, CallEnded, InboundCall, OutboundCall, UserAgent
+from media.sip.dialog import Login
 from media.sip.digest import DigestError, NonceIssuer, Verdict, parse_credentials
 from media.sip.endpoint import Peer, SipEndpoint, SourceLimits, TransportName
+from media.sip.registration import Registration, TrunkKeepalive
 from media.stream import RtpStream
 from runtime.ids import new_id
 
 log = logging.getLogger(__name__)
 
 _TOUCH_TONE = frozenset("0123456789*#ABCD")
+
+
+class TrunkHosts:
+    """The addresses of every trunk's allow-list, as a live container: the SIP edge exempts
+    them from per-source rate limits (a carrier sends hundreds of requests a second)."""
+
+    def __init__(self) -> None:
+        self._networks: tuple[Network, ...] = ()
+        self._seen: dict[str, bool] = {}
+
+    def update(self, sources: Sequence[TrunkSource]) -> None:
+        networks = tuple(n for t in sources for n in t.networks)
+        if networks != self._networks:
+            self._networks = networks
+            self._seen = {}
+
+    def __contains__(self, host: object) -> bool:
+        if not isinstance(host, str):
+            return False
+        known = self._seen.get(host)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in n for n in self._networks)
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[host] = known
+        return known
 
 
 class EventSink(Protocol):
@@ -65,6 +99,10 @@ class NodeConfig:
     nonce_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     """Shared by every node behind one SIP edge, so a challenge from one is honoured by all."""
     drain_retry_after: int = 60
+    trunk_check_seconds: float = 30.0
+    """How often trunk registrations and OPTIONS keepalives are reconciled with the catalog."""
+    trunk_keepalive_seconds: float = 30.0
+    """OPTIONS ping interval per trunk; 0 turns keepalives off."""
     ring_seconds: float = 0.0
     """How long an inbound caller hears ringback before the flow answers."""
     source_rate: float = 50.0
@@ -135,12 +173,19 @@ class MediaNode:
         self.endpoint: SipEndpoint | None = None
         self.sip_ports: dict[TransportName, int] = {}
         self.rejected: Counter[int] = Counter()
+        self.trunk_hosts = TrunkHosts()
+        self.keepalives: dict[Peer, TrunkKeepalive] = {}
+        self.registrations: dict[tuple[str, Peer, str], Registration] = {}
+        self._trunk_task: asyncio.Task[None] | None = None
 
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.trunk_hosts.update(await self.directory.trunk_sources())
         limits = SourceLimits(
-            requests_per_second=self.config.source_rate, burst=self.config.source_burst
+            requests_per_second=self.config.source_rate,
+            burst=self.config.source_burst,
+            exempt_hosts=self.trunk_hosts,
         )
         ua = UserAgent(on_invite=self._on_invite)
         endpoint = SipEndpoint(ua, public_host=self.public_host, limits=limits, t1=self.config.t1)
@@ -155,6 +200,7 @@ class MediaNode:
                 port = bound
         self.ticker.start()
         self._started = True
+        self._trunk_task = asyncio.create_task(self._maintain_trunks(), name="trunk-upkeep")
         log.info("media node %s: SIP %s", self.config.node_id, self.sip_ports)
 
     @property
@@ -172,6 +218,19 @@ class MediaNode:
     async def stop(self, reason: str = "shutdown") -> None:
         """Refuse new calls, hang up every call with `reason`, then close."""
         self._draining = True
+        if self._trunk_task is not None:
+            self._trunk_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trunk_task
+        for keepalive in self.keepalives.values():
+            await keepalive.stop()
+        for registration in self.registrations.values():
+            # Unregistering is a courtesy: a registrar that does not answer must not hold up
+            # the shutdown for a whole transaction timeout.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(registration.stop(), 2.0)
+        self.keepalives.clear()
+        self.registrations.clear()
         if self.ua is not None:
             await self.ua.shutdown(reason)
         for call in list(self.calls.values()):
@@ -189,7 +248,70 @@ class MediaNode:
             "draining": self._draining,
             "sip": {t: f"{self.public_host}:{p}" for t, p in self.sip_ports.items()},
             "rtp_ports_in_use": self.ports.in_use,
+            "trunks": {
+                f"{peer.transport}:{peer.host}:{peer.port}": keepalive.up
+                for peer, keepalive in self.keepalives.items()
+            },
+            "registrations": {
+                name: registration.registered
+                for (name, _peer, _user), registration in self.registrations.items()
+            },
         }
+
+    # --- trunks: keepalive pings and registrations ----------------------------------------------
+
+    async def _maintain_trunks(self) -> None:
+        while True:
+            try:
+                await self.reconcile_trunks()
+            except Exception:
+                log.exception("trunk upkeep failed")
+            await asyncio.sleep(self.config.trunk_check_seconds)
+
+    async def reconcile_trunks(self) -> None:
+        """Ping every trunk we can reach and keep registered to those that want it, matching
+        the catalog: new trunks start, removed ones stop (unregistering first)."""
+        assert self.endpoint is not None
+        sources = await self.directory.trunk_sources()
+        self.trunk_hosts.update(sources)
+        pings: dict[Peer, TrunkSource] = {}
+        registrations: dict[tuple[str, Peer, str], TrunkSource] = {}
+        for trunk in sources:
+            if trunk.host is None or trunk.transport not in self.sip_ports:
+                continue
+            try:
+                host = await _resolve(trunk.host)
+            except OSError as exc:
+                log.warning("trunk %s: cannot resolve %s: %r", trunk.name, trunk.host, exc)
+                continue
+            peer = Peer(trunk.transport, host, trunk.port)
+            pings[peer] = trunk
+            if trunk.register and trunk.outbound_username and trunk.outbound_password:
+                registrations[(trunk.name, peer, trunk.outbound_username)] = trunk
+        if self.config.trunk_keepalive_seconds > 0:
+            for peer in pings.keys() - self.keepalives.keys():
+                keepalive = TrunkKeepalive(
+                    self.endpoint, peer=peer, interval=self.config.trunk_keepalive_seconds
+                )
+                keepalive.start()
+                self.keepalives[peer] = keepalive
+        for peer in self.keepalives.keys() - pings.keys():
+            await self.keepalives.pop(peer).stop()
+        for key in registrations.keys() - self.registrations.keys():
+            trunk = registrations[key]
+            name, peer, username = key
+            assert trunk.host is not None and trunk.outbound_password is not None
+            registration = Registration(
+                self.endpoint,
+                registrar=peer,
+                aor=f"sip:{username}@{trunk.host}",
+                login=Login(username, trunk.outbound_password),
+                expires=trunk.register_expires,
+            )
+            registration.start()
+            self.registrations[key] = registration
+        for key in self.registrations.keys() - registrations.keys():
+            await self.registrations.pop(key).stop()
 
     # --- inbound -------------------------------------------------------------------------------
 
@@ -231,6 +353,7 @@ class MediaNode:
         """The trunks this INVITE may have come over: by source address, else by digest. An
         unlisted source that has not authenticated gets a challenge (and nothing else)."""
         sources = await self.directory.trunk_sources()
+        self.trunk_hosts.update(sources)
         host = sip_call.peer.host
         by_address = [t for t in sources if t.admits(host)]
         if by_address:

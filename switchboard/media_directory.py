@@ -105,7 +105,7 @@ class CatalogDirectory:
         return await self._trunks.get("all", self._load_trunks)
 
     async def _load_trunks(self) -> list[TrunkSource]:
-        recognisers = await catalog.trunk_recognisers(self._pool, self._vault)
+        recognisers = await catalog.trunk_recognisers(self._pool, self._vault, self._master_key)
         return [
             TrunkSource(
                 tenant_id=r.tenant_id,
@@ -114,6 +114,13 @@ class CatalogDirectory:
                 networks=_networks(r.allowed_sources),
                 digest_username=r.digest_username,
                 digest_password=r.digest_password,
+                host=r.host,
+                port=r.port,
+                transport=r.transport,
+                register=r.register,
+                register_expires=r.register_expires,
+                outbound_username=r.outbound_username,
+                outbound_password=r.outbound_password,
             )
             for r in recognisers
         ]

@@ -40,7 +40,14 @@ class TrunkRecogniser:
     platform_trunk: str | None
     allowed_sources: tuple[str, ...]
     digest_username: str | None
+    host: str
+    port: int
+    transport: str
+    register: bool
+    register_expires: int
     digest_password: str | None = field(default=None, repr=False)
+    outbound_username: str | None = None
+    outbound_password: str | None = field(default=None, repr=False)
 
 
 async def number_owner(conn: asyncpg.Connection, e164: str) -> NumberOwner | None:
@@ -58,7 +65,9 @@ async def number_owner(conn: asyncpg.Connection, e164: str) -> NumberOwner | Non
     )
 
 
-async def trunk_recognisers(pool: asyncpg.Pool, vault: Vault) -> list[TrunkRecogniser]:
+async def trunk_recognisers(
+    pool: asyncpg.Pool, vault: Vault, master_key: bytes | None
+) -> list[TrunkRecogniser]:
     """Every trunk's inbound recognisers, with digest passwords unsealed (each inside its own
     tenant's transaction)."""
     async with platform_tx(pool) as conn:
@@ -66,11 +75,16 @@ async def trunk_recognisers(pool: asyncpg.Pool, vault: Vault) -> list[TrunkRecog
     out: list[TrunkRecogniser] = []
     for row in rows:
         tenant = None if row["tenant_id"] is None else TenantId(row["tenant_id"])
-        password = None
-        if tenant is not None and row["digest_username"] is not None:
+        password = out_user = out_password = None
+        if tenant is not None and (row["digest_username"] is not None or row["register"]):
             async with tenant_tx(pool, tenant) as conn:
                 trunk = await load_for_media(conn, tenant, row["trunk_id"], vault)
             password = trunk.inbound_password
+            out_user, out_password = trunk.outbound_username, trunk.outbound_password
+        elif tenant is None and row["register"]:
+            async with platform_tx(pool) as conn:
+                platform = await load_platform_for_media(conn, row["platform_trunk"], master_key)
+            out_user, out_password = platform.username, platform.password
         out.append(
             TrunkRecogniser(
                 tenant_id=tenant,
@@ -78,7 +92,14 @@ async def trunk_recognisers(pool: asyncpg.Pool, vault: Vault) -> list[TrunkRecog
                 platform_trunk=row["platform_trunk"],
                 allowed_sources=tuple(str(n) for n in row["allowed_sources"]),
                 digest_username=row["digest_username"],
+                host=row["host"],
+                port=row["port"],
+                transport=row["transport"],
+                register=row["register"],
+                register_expires=row["register_expires"],
                 digest_password=password,
+                outbound_username=out_user,
+                outbound_password=out_password,
             )
         )
     return out

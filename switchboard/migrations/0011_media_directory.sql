@@ -17,15 +17,21 @@ language sql stable security definer set search_path = public, pg_temp as $$
     where n.e164 = p_e164 and n.released_at is null
 $$;
 
--- Every trunk's inbound recognisers. Passwords stay sealed: the node unseals a tenant trunk's
--- inside that tenant's transaction, and a platform trunk's under the master key.
+-- Every trunk's inbound recognisers and where it is (for keepalive pings and registration).
+-- Passwords stay sealed: the node unseals a tenant trunk's inside that tenant's transaction,
+-- and a platform trunk's under the master key.
 create function sb_media_trunks()
 returns table (tenant_id uuid, trunk_id uuid, platform_trunk text, allowed_sources cidr[],
-               digest_username text)
+               digest_username text, host text, port int, transport text, register boolean,
+               register_expires int)
 language sql stable security definer set search_path = public, pg_temp as $$
-    select t.tenant_id, t.id, null::text, t.allowed_sources, t.inbound_username from trunks t
+    select t.tenant_id, t.id, null::text, t.allowed_sources, t.inbound_username, t.host, t.port,
+           t.transport, t.register, t.register_expires
+    from trunks t
     union all
-    select null::uuid, null::uuid, p.name, p.allowed_sources, null::text from platform_trunks p
+    select null::uuid, null::uuid, p.name, p.allowed_sources, null::text, p.host, p.port,
+           p.transport, p.register, p.register_expires
+    from platform_trunks p
 $$;
 
 revoke execute on function sb_media_number(text), sb_media_trunks() from public;

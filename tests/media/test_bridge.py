@@ -150,7 +150,10 @@ async def talk(legs: dict[str, tuple[Leg, int]], ticks: int = 14) -> dict[str, i
     await asyncio.sleep(0.06)
     heard: dict[str, int | None] = {}
     for name, (leg, _) in legs.items():
-        packets = [RtpPacket.parse(data) for data, _, _ in await leg.peer.until_quiet(0.05)]
+        # The mixer never goes quiet (it sends silence when no one speaks): take what came.
+        packets = []
+        while not leg.peer.queue.empty():
+            packets.append(RtpPacket.parse(leg.peer.queue.get_nowait()[0]))
         levels = [int(statistics.median(array("h", ulaw_decode(p.payload)))) for p in packets]
         heard[name] = statistics.mode(levels[3:]) if levels[3:] else None
     return heard

@@ -446,3 +446,49 @@ def _digest_is_right(header: str, method: str, username: str, password: str) -> 
     ha2 = md5(f"{method}:{c.uri}")
     expected = md5(f"{ha1}:{c.nonce}:{c.nc:08x}:{c.cnonce}:{c.qop}:{ha2}")
     return c.username == username and c.response == expected
+
+
+async def test_node_registers_to_a_trunk_that_wants_it_and_unregisters_on_shutdown(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = await provision(api, admin_conn)
+    registrar_port = free_port()
+    await _ok(
+        api.client.post(
+            "/v1/trunks",
+            json={
+                "name": "Registering carrier",
+                "host": "127.0.0.1",
+                "port": registrar_port,
+                "inbound": {"allowed_sources": ["127.0.0.1"]},
+                "outbound": {"username": "acme-reg", "password": "Reg-Secret-9"},
+                "register": True,
+                "register_expires": 60,
+            },
+            headers=tenant.auth,
+        )
+    )
+    registrar = await start_sipp_server(
+        scenario("registrar.xml", tmp_path), tmp_path, port=registrar_port, media_port=free_port()
+    )
+    try:
+        await asyncio.sleep(0.5)
+        async with running_node(api, trunk_keepalive_seconds=0) as running:
+            node = running.node
+            async with asyncio.timeout(15):
+                while not any(r.registered for r in node.registrations.values()):
+                    await asyncio.sleep(0.05)
+            assert list(node.heartbeat()["registrations"].values()) == [True]
+        out, err = await asyncio.wait_for(registrar.communicate(), 30)
+    finally:
+        if registrar.returncode is None:
+            registrar.kill()
+            await registrar.wait()
+    messages = (tmp_path / "registrar.messages").read_text()
+    assert registrar.returncode == 0, (out, err, messages)
+    authorization = next(
+        line.split(":", 1)[1].strip()
+        for line in messages.splitlines()
+        if line.startswith("Authorization:")
+    )
+    assert _digest_is_right(authorization, "REGISTER", "acme-reg", "Reg-Secret-9")

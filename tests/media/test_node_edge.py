@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.media.test_node import NUMBER, listen_calls, provision, running_node,
 
 CORPUS = (Path(__file__).parents[2] / ".." / "shared" / "testdata" / "rfc4475").resolve()
 SVTOOLS = Path(sys.executable).parent
+re_nonce = re.compile(r'nonce="[^"]*"')
 
 
 def _udp_exchange(port: int, data: bytes, wait: float = 0.3) -> list[bytes]:
@@ -134,3 +136,59 @@ async def test_sipvicious_finds_no_users_and_the_node_keeps_serving(
         assert "SIP Device" not in svmap or "127.0.0.1:" not in svmap.split("SIP Device")[1], svmap
         await _a_call_still_works(api, running, tmp_path, "after")
         await settled(running)
+
+
+def _invite(port: int, dialed: str, call_id: str, local_port: int) -> bytes:
+    return (
+        f"INVITE sip:{dialed}@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.2:{local_port};branch=z9hG4bK-{call_id};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:probe@127.0.0.2>;tag={call_id}\r\n"
+        f"To: <sip:{dialed}@127.0.0.1>\r\n"
+        f"Call-ID: {call_id}@127.0.0.2\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:probe@127.0.0.2:{local_port}>\r\n"
+        "User-Agent: Linphone/5.2\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _shape(reply: bytes) -> list[str]:
+    """A response with everything that differs per request (tags, nonces, ids) blanked."""
+    lines = reply.decode().split("\r\n")
+    shape = []
+    for line in lines:
+        name = line.split(":", 1)[0]
+        if name in ("Via", "From", "To", "Call-ID"):
+            shape.append(name)
+        elif name == "WWW-Authenticate":
+            shape.append(re_nonce.sub('nonce="…"', line))
+        else:
+            shape.append(line)
+    return shape
+
+
+async def test_a_stranger_gets_the_same_challenge_for_a_real_number_and_for_nobody(
+    api: Api, admin_conn: asyncpg.Connection
+) -> None:
+    await provision(api, admin_conn)
+    async with running_node(api) as running:
+        port = running.node.sip_ports["udp"]
+
+        def ask(dialed: str, call_id: str) -> bytes:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.2", 0))
+                sock.settimeout(3)
+                sock.sendto(
+                    _invite(port, dialed, call_id, sock.getsockname()[1]), ("127.0.0.1", port)
+                )
+                data = sock.recvfrom(65535)[0]
+                while data.startswith(b"SIP/2.0 100 "):
+                    data = sock.recvfrom(65535)[0]
+                return data
+
+        real = await asyncio.to_thread(ask, NUMBER.lstrip("+"), "known1")
+        nobody = await asyncio.to_thread(ask, "12125550199", "unknown1")
+        assert real.startswith(b"SIP/2.0 401 ")
+        assert _shape(real) == _shape(nobody)
+        assert running.node.calls == {}
