@@ -299,8 +299,9 @@ class MediaNode:
             await self.keepalives.pop(peer).stop()
         for key in registrations.keys() - self.registrations.keys():
             trunk = registrations[key]
-            name, peer, username = key
-            assert trunk.host is not None and trunk.outbound_password is not None
+            _name, peer, username = key
+            assert trunk.host is not None
+            assert trunk.outbound_password is not None
             registration = Registration(
                 self.endpoint,
                 registrar=peer,
