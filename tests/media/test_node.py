@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -22,6 +23,8 @@ import pytest
 
 from bus.requests import send_command
 from media.g711 import alaw_encode
+from media.node import recording_aad
+from media.recorder import RecordingError, read_recording
 from media.rtp import RtpPacket
 from media.sip.digest import parse_credentials
 from runtime.embedded import free_port
@@ -366,7 +369,7 @@ async def test_outbound_call_answers_a_retransmitted_407_once_and_is_answered(
     )
     try:
         await asyncio.sleep(0.5)
-        async with running_node(api) as running:
+        async with running_node(api, trunk_keepalive_seconds=0) as running:
             bus = api.resources.bus
             reply = msgspec.json.decode(
                 await send_command(
@@ -492,3 +495,86 @@ async def test_node_registers_to_a_trunk_that_wants_it_and_unregisters_on_shutdo
         if line.startswith("Authorization:")
     )
     assert _digest_is_right(authorization, "REGISTER", "acme-reg", "Reg-Secret-9")
+
+
+async def test_two_calls_are_bridged_and_one_is_recorded_sealed_for_its_tenant(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = await provision(api, admin_conn)
+    far_port = free_port()
+    trunk = await _ok(
+        api.client.post(
+            "/v1/trunks",
+            json={
+                "name": "Carrier C",
+                "host": "127.0.0.1",
+                "port": far_port,
+                "inbound": {"allowed_sources": ["127.0.0.1"]},
+                "codecs": ["PCMA"],
+            },
+            headers=tenant.auth,
+        )
+    )
+    events, sub = await listen_calls(api, tenant.id)
+    far_end = await start_sipp_server(
+        scenario("uas_answer_play.xml", tmp_path),
+        tmp_path,
+        port=far_port,
+        media_port=free_port(),
+        calls=2,
+    )
+    bus = api.resources.bus
+
+    async def command(verb: str, **body: Any) -> dict[str, Any]:
+        reply = await send_command(
+            bus, f"media.node-test.{verb}", msgspec.json.encode({"tenant_id": tenant.id, **body})
+        )
+        decoded = dict(msgspec.json.decode(reply))
+        assert decoded["ok"], decoded
+        return decoded
+
+    try:
+        await asyncio.sleep(0.5)
+        async with running_node(api, trunk_keepalive_seconds=0) as running:
+            legs = [
+                (
+                    await command(
+                        "originate",
+                        to=to,
+                        caller_id=NUMBER,
+                        trunk_id=trunk["id"],
+                        max_concurrent_calls=10,
+                    )
+                )["call_id"]
+                for to in ("+14155552671", "+14155552672")
+            ]
+            await events.wait("call.answered", 2)
+            await command("bridge", call_id=legs[0], other_call_id=legs[1])
+            started = await command("record", call_id=legs[0])
+            await asyncio.sleep(3)
+            stopped = await command("record", call_id=legs[0], start=False)
+            forwarded = {
+                leg: running.node.calls[UUID(leg)].stream.stats().packets_sent for leg in legs
+            }
+            for leg in legs:
+                await command("hangup", call_id=leg)
+            await events.wait("call.ended", 2)
+            await settled(running)
+            key = await running.directory.recording_key(UUID(tenant.id))
+        await asyncio.wait_for(far_end.communicate(), 30)
+    finally:
+        if far_end.returncode is None:
+            far_end.kill()
+            await far_end.wait()
+    await sub.unsubscribe()
+
+    # Nothing was played to either leg: what they sent is what the other far end said.
+    assert all(count > 75 for count in forwarded.values()), forwarded
+    path = Path(started["path"])
+    assert stopped["path"] == started["path"]
+    assert path.is_relative_to(running.node.config.recordings_dir / tenant.id)
+    recording = read_recording(path, key, recording_aad(UUID(tenant.id), UUID(legs[0])))
+    assert 2500 <= recording.duration_ms <= 3500
+    assert max(abs(s) for s in memoryview(recording.samples).cast("h")) > 1000  # speech
+    with pytest.raises(RecordingError):
+        read_recording(path, key, recording_aad(UUID(tenant.id), UUID(legs[1])))
