@@ -333,12 +333,12 @@ def read_stats(path: Path) -> dict[str, str]:
     return dict(zip(header, lines[-1].rstrip(";").split(";"), strict=False))
 
 
-def read_rtt(path: Path) -> list[tuple[float, float]]:
-    """(when measured, epoch ms; INVITE-to-200 in ms) for every call (-trace_rtt)."""
+def read_rtt(work: Path) -> list[tuple[float, float]]:
+    """(when measured, ms since SIPp started; INVITE-to-200 in whole ms) for every call, from
+    the <scenario>_<pid>_rtt.csv that -trace_rtt writes."""
     out: list[tuple[float, float]] = []
-    if not path.exists():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
+    lines = [line for f in work.glob("*_rtt.csv") for line in f.read_text().splitlines()]
+    for line in lines:
         parts = line.split(";")
         if len(parts) < 3:
             continue
@@ -419,7 +419,7 @@ def run_rate(
                 proc.wait()
     calls_left, ports_left = target.runner.run(settle(target.bus))
     stats = read_stats(work / "stats.csv")
-    rtt = read_rtt(work / "rtt.csv")
+    rtt = read_rtt(work)
     delays = sorted(d for _, d in rtt)
     p50 = p99 = worst = None
     if len(delays) >= 2:

@@ -135,10 +135,16 @@ async def provision(api: Api, admin_conn: asyncpg.Connection) -> Tenant:
 
 
 @contextlib.asynccontextmanager
-async def running_node(api: Api, **overrides: Any) -> AsyncIterator[RunningNode]:
+async def running_node(
+    api: Api, *, settings_overrides: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[RunningNode]:
     low = next(_rtp_base)
     settings = msgspec.structs.replace(
-        api.settings, sip_port=0, rtp_port_min=low, rtp_port_max=low + 399
+        api.settings,
+        sip_port=0,
+        rtp_port_min=low,
+        rtp_port_max=low + 399,
+        **(settings_overrides or {}),
     )
     values: dict[str, Any] = {"node_id": "node-test", "t1": 0.1, **overrides}
     async with media_node(settings, api.pool, api.resources.bus, **values) as running:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import asyncpg
 
+from runtime.embedded import free_port
 from tests.conftest import Api
+from tests.media.sip.test_endpoint import self_signed
 from tests.media.sipp import run_sipp, scenario
 from tests.media.test_node import NUMBER, listen_calls, provision, running_node, settled
 
@@ -192,3 +194,37 @@ async def test_a_stranger_gets_the_same_challenge_for_a_real_number_and_for_nobo
         assert real.startswith(b"SIP/2.0 401 ")
         assert _shape(real) == _shape(nobody)
         assert running.node.calls == {}
+
+
+async def test_the_node_serves_sip_over_tls_from_its_settings(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    certificate = self_signed(tmp_path)
+    tls_port = free_port()
+    async with running_node(
+        api,
+        settings_overrides={
+            "sip_transports": ["udp", "tcp", "tls"],
+            "sip_tls_port": tls_port,
+            "sip_tls_cert": str(tmp_path / "cert.pem"),
+            "sip_tls_key": str(tmp_path / "key.pem"),
+        },
+    ) as running:
+        assert running.node.sip_ports["tls"] == tls_port
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", tls_port, ssl=certificate.client, server_hostname="127.0.0.1"
+        )
+        local_port = writer.get_extra_info("sockname")[1]
+        writer.write(
+            (
+                f"OPTIONS sip:ping@127.0.0.1:{tls_port};transport=tls SIP/2.0\r\n"
+                f"Via: SIP/2.0/TLS 127.0.0.1:{local_port};branch=z9hG4bK-tls-1;rport\r\n"
+                "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=t1\r\n"
+                "To: <sip:ping@127.0.0.1>\r\nCall-ID: tls-ping@127.0.0.1\r\n"
+                "CSeq: 1 OPTIONS\r\nUser-Agent: Carrier/2\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        assert status.startswith(b"SIP/2.0 200 ")
