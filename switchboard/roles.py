@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -234,6 +235,9 @@ async def run_media(settings: Settings) -> None:
     _stop_on_signals(stop)
     async with open_resources(settings, role="media") as res:
         async with media_node(settings, res.pool, res.bus) as running:
+            # Everything built at start-up lives as long as the process: keep it out of the
+            # collector's way so full collections scan only what calls allocate.
+            gc.freeze()
             sip = ", ".join(f"{t} {p}" for t, p in running.node.sip_ports.items())
             log.info("media node %s serving SIP on %s", settings.node_id, sip)
             await stop.wait()
