@@ -1,7 +1,7 @@
 """Inbound call setups per second (CPS) one media node process completes with no failed call.
 
 Starts its own PostgreSQL and nats-server, provisions one tenant (enterprise plan) with a number
-on platform trunk carrier-a whose published flow plays a 2 s prompt, runs `switchboard media` as
+on platform trunk carrier-a whose published flow plays a tone prompt, runs `switchboard media` as
 a separate process, and steps SIPp (the carrier) through the given rates. Each caller is answered,
 listens for --pause-ms, and hangs up. A rate passes when every call completed and none failed, and
 the node holds no call and no RTP port a few seconds later. Stepping stops at the first rate that
@@ -11,8 +11,9 @@ fails.
 
 On a machine with two or more cores the node is pinned to one core and SIPp, nats-server and
 PostgreSQL to another, so the figure is "per node process on one core" (--no-pin to let the
-kernel place them). --profile cprofile runs the node under cProfile; --profile py-spy samples the
-node with py-spy (pip install --target /tmp/py-spy py-spy) during --profile-rate.
+kernel place them). --profile cprofile runs the node under cProfile and prints its top functions
+when the node stops; --profile py-spy samples the node with py-spy (pip install --target
+/tmp/py-spy py-spy) during every step and prints where the last step's time went.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import array
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import pstats
@@ -56,12 +58,14 @@ SCENARIO = Path(__file__).resolve().parent / "scenarios" / "inbound_call.xml"
 NUMBER = "+12125550100"
 NODE_ID = "bench-node"
 DATABASE = "bench"
-PROMPT_SECONDS = 2
+PROMPT_MARGIN_SECONDS = 2
+"""The prompt outlasts the caller's listening by this much: the flow hangs up when it ends, and
+a BYE from the node crossing the caller's own is a failed call in SIPp's eyes."""
 # Below the kernel's ephemeral range (32768-60999), so RTP never races SIPp's or anyone's
 # outgoing sockets for a port.
 RTP_PORTS = (20000, 32767)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SETTLE_SECONDS = 15.0
+BUSIEST_WINDOW = 5.0
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -154,11 +158,15 @@ def tone(seconds: int, hz: float = 440.0) -> bytes:
     return samples.tobytes()
 
 
-async def provision(dsn: str) -> None:
+def prompt_seconds(pause_ms: int) -> int:
+    return math.ceil(pause_ms / 1000) + PROMPT_MARGIN_SECONDS
+
+
+async def provision(dsn: str, seconds: int) -> None:
     """One active enterprise tenant, its number on carrier-a, a prompt and a published flow that
     plays it; written as the superuser (row-level security does not apply to it)."""
     tenant_id, number_id, prompt_id, flow_id = (uuid.uuid4() for _ in range(4))
-    audio = tone(PROMPT_SECONDS)
+    audio = tone(seconds)
     document = json.dumps(
         {"start": "greet", "nodes": {"greet": {"type": "play", "prompt_id": str(prompt_id)}}}
     )
@@ -191,7 +199,7 @@ async def provision(dsn: str) -> None:
                 " values ($1, $2, 'Greeting', 'upload', $3, $4, $5)",
                 tenant_id,
                 prompt_id,
-                PROMPT_SECONDS * 1000,
+                seconds * 1000,
                 audio,
                 len(audio),
             )
@@ -270,10 +278,10 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-async def settle(bus: Bus) -> tuple[int, int]:
+async def settle(bus: Bus, seconds: float) -> tuple[int, int]:
     """Calls and RTP ports the node still holds once it has let go of them all, or after
-    SETTLE_SECONDS (-1: the node never answered its status command)."""
-    deadline = time.monotonic() + SETTLE_SECONDS
+    `seconds` (-1: the node never answered its status command)."""
+    deadline = time.monotonic() + seconds
     calls = ports = -1
     while time.monotonic() < deadline:
         try:
@@ -301,8 +309,10 @@ class Step:
     retransmissions: int
     exit_code: int
     wall: float
-    achieved_cps: float
+    answered_per_second: float
     node_cpu: float
+    node_busiest: float
+    """The node's CPU share over its busiest BUSIEST_WINDOW seconds of the step."""
     sipp_cpu: float
     nats_cpu: float
     rss_end: float
@@ -322,6 +332,24 @@ class Step:
             and self.calls_left == 0
             and self.ports_left == 0
         )
+
+
+def busiest(samples: list[tuple[float, float]], window: float) -> float:
+    """The highest CPU share over any `window` seconds of (time, CPU seconds) samples; the
+    mean when all of them span less than that."""
+    best: float | None = None
+    first = 0
+    for last in range(1, len(samples)):
+        while samples[last][0] - samples[first + 1][0] >= window:
+            first += 1
+        span = samples[last][0] - samples[first][0]
+        if span >= window:
+            share = (samples[last][1] - samples[first][1]) / span
+            best = share if best is None else max(best, share)
+    if best is None:
+        span = samples[-1][0] - samples[0][0]
+        return (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
+    return best
 
 
 def read_stats(path: Path) -> dict[str, str]:
@@ -365,6 +393,7 @@ class Target:
     runner: asyncio.Runner
     pause_ms: int
     sipp_cpus: set[int] | None
+    settle_seconds: float
 
 
 def run_rate(
@@ -399,14 +428,19 @@ def run_rate(
     if target.sipp_cpus:
         pin(sipp.pid, target.sipp_cpus)
     peak = rss_mb(node.pid)
+    # (when, node CPU seconds so far): a step that ends in timeouts runs on long after the
+    # node stopped being busy, so the mean alone would understate how loaded it was.
+    samples = [(started, node_before)]
     try:
         while sipp.poll() is None:
             time.sleep(0.5)
             if node.poll() is not None:
                 raise SystemExit(f"the node exited ({node.returncode}) at {rate} CPS")
+            samples.append((time.monotonic(), cpu_seconds(node.pid)))
             peak = max(peak, rss_mb(node.pid))
         wall = time.monotonic() - started
         node_cpu = cpu_seconds(node.pid) - node_before
+        samples.append((started + wall, node_before + node_cpu))
         nats_cpu = (cpu_seconds(target.nats_pid) - nats_before) if target.nats_pid else 0.0
         sipp_cpu = children_cpu_seconds() - children_before
         rss_end = rss_mb(node.pid)
@@ -417,7 +451,7 @@ def run_rate(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    calls_left, ports_left = target.runner.run(settle(target.bus))
+    calls_left, ports_left = target.runner.run(settle(target.bus, target.settle_seconds))
     stats = read_stats(work / "stats.csv")
     rtt = read_rtt(work)
     delays = sorted(d for _, d in rtt)
@@ -425,10 +459,10 @@ def run_rate(
     if len(delays) >= 2:
         cuts = quantiles(delays, n=100, method="inclusive")
         p50, p99, worst = cuts[49], cuts[98], delays[-1]
-    achieved = 0.0
+    answered = 0.0
     if len(rtt) >= 2:
         span = (max(t for t, _ in rtt) - min(t for t, _ in rtt)) / 1000
-        achieved = (len(rtt) - 1) / span if span > 0 else 0.0
+        answered = (len(rtt) - 1) / span if span > 0 else 0.0
     failures = {
         name: _count(stats, name)
         for name in stats
@@ -442,8 +476,9 @@ def run_rate(
         retransmissions=_count(stats, "Retransmissions(C)"),
         exit_code=sipp.returncode,
         wall=wall,
-        achieved_cps=achieved,
+        answered_per_second=answered,
         node_cpu=node_cpu,
+        node_busiest=busiest(samples, BUSIEST_WINDOW),
         sipp_cpu=sipp_cpu,
         nats_cpu=nats_cpu,
         rss_end=rss_end,
@@ -520,17 +555,19 @@ def _ms(value: float | None) -> str:
 
 def print_table(steps: list[Step]) -> None:
     print(
-        "| rate (CPS) | achieved CPS | calls ok / sent | failed | INVITE→200 p50 / p99 / max ms "
-        "| node CPU % of one core | node CPU ms per call | node RSS MB (end / peak) "
+        "| rate (CPS) | answered/s | calls ok / sent | failed | INVITE→200 p50 / p99 / max ms "
+        "| node CPU % of one core (mean / busiest 5 s) | node CPU ms per call "
+        "| node RSS MB (end / peak) "
         "| SIPp CPU % | nats CPU % | retrans | left on node | result |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in steps:
         per_call = s.node_cpu * 1000 / s.successful if s.successful else float("nan")
         print(
-            f"| {s.rate} | {s.achieved_cps:.0f} | {s.successful} / {s.expected} | {s.failed} "
+            f"| {s.rate} | {s.answered_per_second:.0f} | {s.successful} / {s.expected} "
+            f"| {s.failed} "
             f"| {_ms(s.p50_ms)} / {_ms(s.p99_ms)} / {_ms(s.max_ms)} "
-            f"| {100 * s.node_cpu / s.wall:.0f} | {per_call:.2f} "
+            f"| {100 * s.node_cpu / s.wall:.0f} / {100 * s.node_busiest:.0f} | {per_call:.2f} "
             f"| {s.rss_end:.0f} / {s.rss_peak:.0f} "
             f"| {100 * s.sipp_cpu / s.wall:.0f} | {100 * s.nats_cpu / s.wall:.0f} "
             f"| {s.retransmissions} | {s.calls_left} calls, {s.ports_left} ports "
@@ -544,6 +581,10 @@ def print_table(steps: list[Step]) -> None:
 
 def summarise_cprofile(path: Path, top: int) -> None:
     stats = pstats.Stats(str(path))
+    print(
+        "\ncProfile counts the node's start-up (imports) and its idle waits too; the idle time"
+        " lands on whichever coroutine last ran under uvloop. py-spy is the truer view."
+    )
     print(f"\ncProfile of the node (top {top} by own time):")
     stats.sort_stats("tottime").print_stats(top)
     print(f"cProfile of the node (top {top} by cumulative time):")
@@ -551,8 +592,13 @@ def summarise_cprofile(path: Path, top: int) -> None:
 
 
 def summarise_py_spy(path: Path, top: int) -> None:
-    """Own and inclusive sample counts per function from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
+    """Where the node's time goes, from py-spy's collapsed stacks: own samples per source line,
+    and own and inclusive samples per function."""
+    if not path.exists():
+        print(f"\npy-spy wrote nothing to {path}")
+        return
+    own_line: Counter[str] = Counter()
+    own_function: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -562,18 +608,28 @@ def summarise_py_spy(path: Path, top: int) -> None:
         n = int(count)
         total += n
         frames = stack.split(";")
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
+        own_line[frames[-1]] += n
+        functions = [_function_of(frame) for frame in frames]
+        own_function[functions[-1]] += n
+        for function in set(functions):
+            inclusive[function] += n
     if not total:
-        print(f"\npy-spy wrote no samples to {path}")
+        print(f"\npy-spy took no samples ({path})")
         return
-    print(f"\npy-spy of the node: {total} samples; top {top} by own samples")
-    for frame, n in own.most_common(top):
-        print(f"  {100 * n / total:5.1f}%  {frame}")
-    print(f"py-spy of the node: top {top} by inclusive samples")
-    for frame, n in inclusive.most_common(top):
-        print(f"  {100 * n / total:5.1f}%  {frame}")
+    for title, counter in (
+        ("own samples per line", own_line),
+        ("own samples per function", own_function),
+        ("inclusive samples per function", inclusive),
+    ):
+        print(f"\npy-spy, node process, {total} samples: top {top} by {title}")
+        for frame, n in counter.most_common(top):
+            print(f"  {100 * n / total:5.1f}%  {frame}")
+
+
+def _function_of(frame: str) -> str:
+    """'name (path/file.py:123)' without the line number."""
+    head, sep, rest = frame.rpartition(":")
+    return head + ")" if sep and rest.rstrip(")").isdigit() else frame
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -590,6 +646,12 @@ def parse_args() -> argparse.Namespace:
         "--py-spy",
         default="/tmp/py-spy/bin/py-spy",  # noqa: S108 - where the docstring says to install it
         help="py-spy binary for --profile py-spy",
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=15.0,
+        help="how long the node may take to let go of every call after a step",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -650,7 +712,9 @@ def bench(args: argparse.Namespace, work: Path, runner: asyncio.Runner) -> None:
         password = secrets.token_urlsafe(16)
         migrations = ROOT / "switchboard" / "migrations"
         runner.run(migrate(pg.superuser_dsn, migrations, app_password=password, database=DATABASE))
-        runner.run(provision(replace_database(pg.superuser_dsn, DATABASE)))
+        runner.run(
+            provision(replace_database(pg.superuser_dsn, DATABASE), prompt_seconds(args.pause_ms))
+        )
         sip_port = free_sip_port()
         command = [str(BIN / "switchboard"), "media"]
         if args.profile == "cprofile":
@@ -674,7 +738,9 @@ def bench(args: argparse.Namespace, work: Path, runner: asyncio.Runner) -> None:
                 f"pinned: the node to CPU {sorted(node_cpus or ())}; "
                 f"SIPp, nats-server and PostgreSQL to CPU {sorted(others or ())}"
             )
-        target = Target(sip_port, node, nats.pid, bus, runner, args.pause_ms, others)
+        target = Target(
+            sip_port, node, nats.pid, bus, runner, args.pause_ms, others, args.settle_seconds
+        )
         # The first calls load the route and the prompt and encode it: not part of any step.
         warm = run_rate(target, 10, 2, work / "warm-up")
         if not warm.passed:
@@ -688,7 +754,7 @@ def bench(args: argparse.Namespace, work: Path, runner: asyncio.Runner) -> None:
             if args.profile == "py-spy":
                 profiler = [
                     args.py_spy, "record", "--pid", str(node.pid), "--rate", "250",
-                    "--format", "raw", "--function", "--nonblocking", "-o", str(spy_out),
+                    "--format", "raw", "--nonblocking", "-o", str(spy_out),
                 ]  # fmt: skip
             step = run_rate(target, rate, args.seconds, step_dir, profiler)
             steps.append(step)
@@ -705,8 +771,8 @@ def bench(args: argparse.Namespace, work: Path, runner: asyncio.Runner) -> None:
         print()
         print(
             f"SIPp -r RATE for {args.seconds} s per step over UDP; each caller (PCMU) is answered, "
-            f"hears a {PROMPT_SECONDS} s prompt for {args.pause_ms} ms and hangs up; one "
-            "`switchboard media` process" + (" pinned to one core" if pinned else "")
+            f"hears a {prompt_seconds(args.pause_ms)} s prompt for {args.pause_ms} ms and hangs "
+            "up; one `switchboard media` process" + (" pinned to one core" if pinned else "")
         )
         print()
         print_table(steps)
@@ -720,7 +786,7 @@ def bench(args: argparse.Namespace, work: Path, runner: asyncio.Runner) -> None:
                 runner.run(bus.close())
         if node is not None:
             # SIGTERM: the node hangs up what is left and, under cProfile, writes its profile.
-            stop_process(node, 30)
+            stop_process(node, 15)
             if args.profile == "cprofile" and profile_out.exists():
                 summarise_cprofile(profile_out, 30)
         try:
@@ -738,6 +804,8 @@ def _interrupted(_signum: int, _frame: object) -> None:
 
 def main() -> None:
     args = parse_args()
+    # The bus logs its own disconnect at close as a warning; nothing else of it matters here.
+    logging.getLogger("bus").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="sb-sip-bench-"))
     # SIGTERM unwinds like Ctrl-C, through bench()'s cleanup.
     signal.signal(signal.SIGTERM, _interrupted)

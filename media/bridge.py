@@ -39,8 +39,8 @@ class Bridge:
         self.running = False
 
     def start(self) -> None:
-        """Take over both legs' received media (whatever played into them stops being heard
-        as soon as the other leg's audio arrives)."""
+        """Forward each leg's received audio to the other. Stop prompts playing into the legs
+        first (`Player.stop`): two sources sending on one leg at once would garble it."""
         self.a.on_datagram = self._a_to_b
         self.b.on_datagram = self._b_to_a
         self.running = True

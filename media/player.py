@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 MAX_CATCH_UP = 5
 """Ticks run late at once when the loop was blocked; past this the clock skips ahead instead,
 since a long burst would only overflow the far end's jitter buffer."""
+_TIMER_RESOLUTION = 0.001
 ENCODED_CACHE_SIZE = 64
 """Prompts kept encoded per codec; most calls hear the same few greetings."""
 
@@ -69,14 +70,17 @@ class Ticker:
         assert loop is not None
         now = loop.time()
         due = 0
-        while self._next <= now and due < MAX_CATCH_UP:
+        # uvloop's timers and clock have millisecond resolution, so a timer may fire a little
+        # before its time by the loop's clock: that tick is due all the same (without the
+        # allowance it would be rescheduled for "now" over and over until the clock moved).
+        while self._next <= now + _TIMER_RESOLUTION and due < MAX_CATCH_UP:
             due += 1
             self._next += self.period
         if self._next <= now:
             missed = int((now - self._next) / self.period) + 1
             self.skipped += missed
             self._next += missed * self.period
-        for _ in range(max(due, 1)):
+        for _ in range(due):
             self.ticks += 1
             listeners = self._listeners
             for listener in tuple(listeners):

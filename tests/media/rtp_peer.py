@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import socket
 from typing import Any
 
 from media.ports import PortRange
@@ -15,11 +16,24 @@ from media.sdp import Direction, Negotiated, answer, make_offer
 HOST = "127.0.0.1"
 
 
-def port_range(pairs: int = 64) -> PortRange:
-    """A range somewhere below the ephemeral ports; a pair someone else holds is skipped by
-    RtpStream.open, so tests running side by side do not need to agree on ports."""
-    low = random.randrange(20000, 30000, 2)
+def port_range(pairs: int = 256) -> PortRange:
+    """A range below the ephemeral ports whose ports were all free a moment ago, so programs
+    running beside the tests (other test runs, a media node) rarely get in the way; a pair
+    taken since is skipped by RtpStream.open."""
+    for _ in range(50):
+        low = random.randrange(20000, 30000 - 2 * pairs, 2)
+        if all(_free(port) for port in range(low, low + 2 * pairs)):
+            break
     return PortRange(low, low + 2 * pairs - 1)
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def negotiated(

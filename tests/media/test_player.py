@@ -8,7 +8,7 @@ import contextlib
 import math
 import time
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -164,6 +164,46 @@ async def test_the_ticker_catches_up_after_a_blocked_loop_without_an_endless_bur
     # Twenty ticks were missed; only a few are run late, the rest are skipped.
     assert 1 <= burst <= 6
     assert ticker.skipped >= 10
+
+
+class CoarseClockLoop:
+    """Just what a Ticker uses of a loop, with a clock the test sets (uvloop's clock and timers
+    have millisecond resolution, so its timers fire up to a millisecond "early")."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> CoarseClockLoop:
+        self.timers.append((when, callback))
+        return self  # stands for the timer handle: the test never cancels
+
+    def cancel(self) -> None:
+        self.timers.clear()
+
+    def fire(self, at: float) -> None:
+        self.now = at
+        _, callback = self.timers.pop(0)
+        callback()
+
+
+def test_a_timer_firing_a_little_early_by_the_loops_clock_still_ticks_once() -> None:
+    loop = CoarseClockLoop()
+    ticker = Ticker(loop)  # type: ignore[arg-type]
+    ticks: list[float] = []
+    ticker.add(lambda: ticks.append(loop.now))
+    ticker.start()
+    assert [when for when, _ in loop.timers] == [pytest.approx(0.020)]
+    loop.fire(0.0195)
+    assert ticks == [0.0195]
+    assert [when for when, _ in loop.timers] == [pytest.approx(0.040)]
+    loop.fire(0.041)
+    loop.fire(0.0605)
+    assert len(ticks) == 3
+    assert [when for when, _ in loop.timers] == [pytest.approx(0.080)]
 
 
 async def test_a_failing_tick_listener_is_removed_and_the_others_keep_ticking() -> None:

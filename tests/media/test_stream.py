@@ -56,6 +56,10 @@ def _media_queue(stream: RtpStream) -> asyncio.Queue[RtpPacket]:
     return queue
 
 
+def stream_addr(stream: RtpStream) -> tuple[str, int]:
+    return (HOST, stream.local_port)
+
+
 async def test_a_stream_opens_on_an_even_port_with_rtcp_on_the_next(
     stream: RtpStream, ports: PortRange
 ) -> None:
@@ -110,10 +114,6 @@ async def test_telephone_events_and_other_payload_types_do_not_reach_on_media(
     assert received.empty()
 
 
-def stream_addr(stream: RtpStream) -> tuple[str, int]:
-    return (HOST, stream.local_port)
-
-
 async def test_the_first_packet_from_another_source_retargets_sending_there(
     stream: RtpStream, peer: Peer
 ) -> None:
@@ -140,6 +140,20 @@ async def test_the_first_packet_from_another_source_retargets_sending_there(
         assert stream.stats().remote == nat.address
     finally:
         nat.close()
+        stranger.close()
+
+
+async def test_a_stray_datagram_does_not_capture_the_stream(stream: RtpStream, peer: Peer) -> None:
+    stranger = await Peer.open()
+    try:
+        stream.configure(negotiated(), peer.address)
+        received = _media_queue(stream)
+        stranger.send(b"not RTP at all", stream_addr(stream))
+        stranger.send(audio_packet(1, VOICE, pt=96), stream_addr(stream))
+        peer.send(audio_packet(2, VOICE), stream_addr(stream))
+        assert (await asyncio.wait_for(received.get(), 2)).sequence == 2
+        assert stream.stats().remote == peer.address
+    finally:
         stranger.close()
 
 
@@ -197,7 +211,8 @@ async def test_sequence_timestamp_and_ssrc_continue_across_a_change_of_source(
             leg.forward(audio_packet(seq, VOICE, ssrc=0xABCDEF), source=other)
         for seq in (40003, 40004):
             leg.relay(other, bytes(audio_packet(seq, VOICE, ssrc=0xABCDEF)))
-        await asyncio.sleep(0.05)
+        # Longer than the 100 ms of audio forwarded so far, so the clock shows a pause.
+        await asyncio.sleep(0.15)
         leg.send_payload(VOICE, source="music")
         sent = await peer.packets(9)
     finally:
@@ -215,14 +230,22 @@ async def test_sequence_timestamp_and_ssrc_continue_across_a_change_of_source(
     assert [p.marker for p in sent] == [True, False, False, True, False, False, False, False, True]
 
 
-def test_a_late_packet_does_not_pull_the_next_run_back_in_time() -> None:
-    rewriter = HeaderRewriter(7, first_sequence=100, first_timestamp=1000)
-    assert rewriter.rewrite(5, 800, "a", 1, now_samples=0) == (100, 1000, True)
-    assert rewriter.rewrite(7, 1120, "a", 1, now_samples=320) == (102, 1320, False)
-    assert rewriter.rewrite(6, 960, "a", 1, now_samples=400) == (101, 1160, False)  # late
-    assert rewriter.rewrite(0, 0, "b", 1, now_samples=480) == (103, 1480, True)
-    # The far end of "b" restarting with a new SSRC is a new run too.
-    assert rewriter.rewrite(9000, 5, "b", 2, now_samples=640) == (104, 1640, True)
+def test_a_new_run_continues_by_the_clock_and_never_goes_back() -> None:
+    now = [0]
+    rewriter = HeaderRewriter(7, lambda: now[0], first_sequence=100, first_timestamp=1000)
+    assert rewriter.rewrite(5, 800, "a", 1) == (100, 1000, True)
+    assert rewriter.rewrite(7, 1120, "a", 1) == (102, 1320, False)
+    assert rewriter.rewrite(6, 960, "a", 1) == (101, 1160, False)  # late: counts for nothing
+    now[0] = 8000  # one second after "a" began
+    assert rewriter.rewrite(0, 0, "b", 1) == (103, 9000, True)
+    # The far end of "b" restarting with a new SSRC is a new run too; a run whose audio got
+    # ahead of the clock is continued from its last packet, not pulled back.
+    assert rewriter.rewrite(50, 9999, "b", 2) == (104, 9001, True)
+    packet = bytearray(bytes(audio_packet(51, b"x", timestamp=10159, ssrc=2)))
+    assert rewriter.rewrite_datagram(packet, "b") is False
+    sent = RtpPacket.parse(bytes(packet))
+    assert (sent.sequence, sent.timestamp, sent.ssrc, sent.payload) == (105, 9161, 7, b"x")
+    assert rewriter.timestamp_at(8000 + 800) == 9001 + 800
 
 
 async def test_rfc_4733_key_presses_reach_the_digit_queue_once_each(
@@ -257,10 +280,22 @@ async def test_in_band_tones_are_detected_when_telephone_event_was_not_negotiate
     stream: RtpStream, peer: Peer
 ) -> None:
     stream.configure(negotiated(telephone_event_pt=None), peer.address)
-    for packet in _tone_packets("7", 1) + _tone_packets("*", 100):
+    for packet in _tone_packets("7", 1) + _tone_packets("7", 100) + _tone_packets("*", 200):
         peer.send(packet, stream_addr(stream))
-    got = [await asyncio.wait_for(stream.digits.get(), 2) for _ in range(2)]
-    assert got == ["7", "*"]
+    got = [await asyncio.wait_for(stream.digits.get(), 2) for _ in range(3)]
+    assert got == ["7", "7", "*"]
+
+
+async def test_in_band_detection_can_be_turned_off(stream: RtpStream, peer: Peer) -> None:
+    stream.configure(negotiated(telephone_event_pt=None), peer.address)
+    stream.inband_detection = False
+    received = _media_queue(stream)
+    packets = _tone_packets("7", 1)
+    for packet in packets:
+        peer.send(packet, stream_addr(stream))
+    for _ in packets:
+        await asyncio.wait_for(received.get(), 2)
+    assert stream.digits.empty()
 
 
 async def test_tones_in_the_audio_are_ignored_when_telephone_event_was_negotiated(
