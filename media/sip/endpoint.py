@@ -10,21 +10,32 @@ Two behaviours go beyond the transaction module, both for the UA's sake:
 
 * After an INVITE server transaction sends a 2xx it lingers for 64*T1 as in RFC 6026's
   "Accepted" state: retransmitted INVITEs are absorbed instead of reaching the UA as new calls,
-  and a late CANCEL still matches (answered 200, `on_cancel` is told; the UA does nothing more).
+  and a late CANCEL still matches (answered 200, `on_cancel` is told while the UA still holds
+  the transaction; the UA does nothing more).
 * Every new request has its top Via stamped with `received` (and `rport` when asked, RFC 3581)
   before the UA sees it, so any response built from it with `build_response` carries them and
   `send(response, tx.peer)` routes like the transaction does (RFC 3261 §18.2.2).
+
+A transaction that only waits out a timer keeps no state machine: Timer J (a non-INVITE
+answered over UDP), Timer K (a non-INVITE of ours answered over UDP) and the Accepted state are
+small records of what a retransmission needs (the response's octets and where they go, or the To
+tag for a late CANCEL) in a `FinishedTransactions` table, and one sweep timer forgets them in
+expiry order, at most T1 late. At many calls a second these are most of the transactions alive
+at any time; as full objects, each with its parsed messages, they made every collection slow.
+
+A handler may also offer `take_request(tx) -> bool` (see `ImmediateRequestHandler`): requests it
+takes are handled within the datagram's own callback, with no task per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import socket
 import ssl
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,12 +51,14 @@ from media.sip.transaction import (
     Action,
     ClientKey,
     Deliver,
+    FinishedTransactions,
     InviteClientTransaction,
     InviteServerTransaction,
     NonInviteClientTransaction,
     NonInviteServerTransaction,
     Send,
     ServerKey,
+    State,
     Terminated,
     TimedOut,
     TransactionStateError,
@@ -68,6 +81,7 @@ from media.sip.transport import (
 
 __all__ = [
     "EndpointStats",
+    "ImmediateRequestHandler",
     "Peer",
     "RequestHandler",
     "ServerTransaction",
@@ -162,6 +176,15 @@ class RequestHandler(Protocol):
         """A response matching no client transaction, chiefly a retransmitted 2xx to an INVITE."""
 
 
+class ImmediateRequestHandler(RequestHandler, Protocol):
+    def take_request(self, tx: ServerTransaction) -> bool:
+        """Handle a request now, in the datagram's callback, if that needs no waiting.
+
+        False leaves it to `on_request`, which then runs in a task of its own. An exception is
+        treated as one from `on_request`: logged, and the request answered 500 if unanswered.
+        """
+
+
 @dataclass
 class EndpointStats:
     received: int = 0
@@ -185,6 +208,7 @@ class ServerTransaction:
     """A request received and the means to answer it; its retransmissions never reach the UA."""
 
     __slots__ = (
+        "__weakref__",
         "_accepted",
         "_answered",
         "_dest",
@@ -250,12 +274,42 @@ class ServerTransaction:
         if content_type is not None:
             extra.append(("Content-Type", content_type))
         response = build_response(
-            self.request, status, reason or reason_phrase(status), to_tag=to_tag, headers=extra
+            self.request,
+            status,
+            reason or reason_phrase(status),
+            to_tag=to_tag,
+            headers=extra,
+            body=body,
         )
-        if body:
-            response = dataclasses.replace(response, body=body)
         self.respond(response)
         return response
+
+
+class _Completed:
+    """A non-INVITE server transaction in its Completed state over UDP: a retransmitted request
+    gets the final response again until Timer J."""
+
+    __slots__ = ("data", "dest", "listener")
+
+    def __init__(self, data: bytes, listener: UdpListener, dest: tuple[str, int]) -> None:
+        self.data = data
+        self.listener = listener
+        self.dest = dest
+
+
+class _Accepted:
+    """An INVITE server transaction after its 2xx (RFC 6026 Accepted): retransmitted INVITEs are
+    absorbed, a late CANCEL is answered with the 2xx's To tag. The transaction itself is held
+    only as long as the UA holds it."""
+
+    __slots__ = ("to_tag", "transaction")
+
+    def __init__(self, transaction: ServerTransaction, to_tag: str | None) -> None:
+        self.transaction = weakref.ref(transaction)
+        self.to_tag = to_tag
+
+
+_Finished = _Completed | _Accepted
 
 
 class _ClientTransaction:
@@ -305,13 +359,20 @@ class SipEndpoint:
         )
         self._is_scanner = ScannerFilter(self.limits.drop_user_agents)
         self._server: dict[ServerKey, ServerTransaction] = {}
+        # Timer J and RFC 6026 §8.7 both run 64*T1; Timer K is T4.
+        self._finished = FinishedTransactions[ServerKey, _Finished](64 * t1)
         self._client: dict[ClientKey, _ClientTransaction] = {}
+        self._client_finished = FinishedTransactions[ClientKey, bool](t4)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
         self._udp: list[UdpListener] = []
         self._stream_servers: list[asyncio.Server] = []
         self._ports: dict[str, int] = {}
         self._connections: dict[Peer, StreamConnection] = {}
         self._connecting: dict[Peer, asyncio.Future[StreamConnection]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._immediate_for: object = None
+        self._immediate: Callable[[ServerTransaction], bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -397,7 +458,7 @@ class SipEndpoint:
             fsm = NonInviteClientTransaction(
                 request, reliable=reliable, t1=self.t1, t2=self.t2, t4=self.t4
             )
-        if fsm.key in self._client:
+        if fsm.key in self._client or fsm.key in self._client_finished:
             raise ValueError(f"a client transaction with branch {fsm.key[0]} is already running")
         tx = _ClientTransaction(fsm, peer, loop.create_future(), on_provisional, conn)
         self._client[fsm.key] = tx
@@ -444,6 +505,11 @@ class SipEndpoint:
             conn.close()
         for stx in self._server.values():
             _cancel_timer(stx)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._finished.clear()
+        self._client_finished.clear()
         for ctx in list(self._client.values()):
             _cancel_timer(ctx)
             if not ctx.future.done():
@@ -521,11 +587,15 @@ class SipEndpoint:
         key = server_key(request)
         tx = self._server.get(key)
         if tx is not None:
-            self._absorb(tx, request, peer)
+            self._absorb(tx, request)
+            return
+        finished = self._finished.get(key)
+        if finished is not None:
+            self._absorb_finished(finished, request, peer)
             return
         method = request.method
         if method == "ACK":
-            self._spawn(self._dispatch(ServerTransaction(self, request, peer, None, None, None)))
+            self._deliver(ServerTransaction(self, request, peer, None, None, None))
             return
         request = stamp_received(request, peer)
         fsm: _ServerFsm
@@ -549,28 +619,43 @@ class SipEndpoint:
             # reaching us with no hops left is looping.
             tx.reply(483)
         else:
-            self._spawn(self._dispatch(tx))
+            self._deliver(tx)
 
-    def _absorb(self, tx: ServerTransaction, request: SipRequest, peer: Peer) -> None:
-        if tx._accepted:
-            if request.method == "ACK":
-                # Only an RFC 2543 ACK (no magic cookie) shares the INVITE's key: it acknowledges
-                # the 2xx and belongs to the UA.
-                self._spawn(
-                    self._dispatch(ServerTransaction(self, request, peer, None, None, None))
-                )
-                return
-            self.stats.retransmissions_absorbed += 1
-            return
+    def _absorb(self, tx: ServerTransaction, request: SipRequest) -> None:
         assert tx._fsm is not None
         self.stats.retransmissions_absorbed += 1
         self._run_server(tx, tx._fsm.on_request(request, self._now()))
 
+    def _absorb_finished(self, finished: _Finished, request: SipRequest, peer: Peer) -> None:
+        if type(finished) is _Completed:
+            self.stats.retransmissions_absorbed += 1
+            try:
+                finished.listener.sendto(finished.data, *finished.dest)
+            except TransportError as exc:
+                self.stats.send_errors += 1
+                logger.info("could not answer %s again: %s", peer, exc)
+                return
+            self.stats.sent += 1
+        elif request.method == "ACK":
+            # Only an RFC 2543 ACK (no magic cookie) shares the INVITE's key: it acknowledges
+            # the 2xx and belongs to the UA.
+            self._deliver(ServerTransaction(self, request, peer, None, None, None))
+        else:
+            self.stats.retransmissions_absorbed += 1
+
     def _answer_cancel(self, cancel_tx: ServerTransaction) -> None:
         cancel = cancel_tx.request
-        invite_tx = self._server.get(cancel_target_key(cancel))
+        target = cancel_target_key(cancel)
+        invite_tx = self._server.get(target)
         if invite_tx is None:
-            cancel_tx.reply(481)
+            accepted = self._finished.get(target)
+            if type(accepted) is not _Accepted:
+                cancel_tx.reply(481)
+                return
+            cancel_tx.reply(200, to_tag=accepted.to_tag)
+            invite_tx = accepted.transaction()
+            if invite_tx is not None:
+                self._spawn(self._cancelled(invite_tx, cancel))
             return
         # §9.2: the CANCEL's response carries the To tag of the INVITE's responses, if any.
         last = invite_tx._fsm.last_response if invite_tx._fsm is not None else None
@@ -578,8 +663,11 @@ class SipEndpoint:
         self._spawn(self._cancelled(invite_tx, cancel))
 
     def _receive_response(self, response: SipResponse, peer: Peer) -> None:
-        tx = self._client.get(client_key(response))
+        key = client_key(response)
+        tx = self._client.get(key)
         if tx is None:
+            if key in self._client_finished:
+                return  # a retransmitted final while Timer K runs
             self.stats.stray_responses += 1
             try:
                 self.handler.on_stray_response(response, peer)
@@ -590,15 +678,34 @@ class SipEndpoint:
 
     # The handler
 
+    def _deliver(self, tx: ServerTransaction) -> None:
+        """Hand a request to the handler: at once when it takes it, else in a task."""
+        handler = self.handler
+        if handler is not self._immediate_for:
+            self._immediate_for = handler
+            self._immediate = getattr(handler, "take_request", None)
+        take = self._immediate
+        if take is not None:
+            try:
+                if take(tx):
+                    return
+            except Exception:
+                self._handler_failed(tx)
+                return
+        self._spawn(self._dispatch(tx))
+
     async def _dispatch(self, tx: ServerTransaction) -> None:
         try:
             await self.handler.on_request(tx)
         except Exception:
-            self.stats.handler_errors += 1
-            logger.exception("request handler failed on %r", tx)
-            if tx._fsm is not None and not tx._answered:
-                with contextlib.suppress(TransactionStateError):
-                    tx.reply(500)
+            self._handler_failed(tx)
+
+    def _handler_failed(self, tx: ServerTransaction) -> None:
+        self.stats.handler_errors += 1
+        logger.exception("request handler failed on %r", tx)
+        if tx._fsm is not None and not tx._answered:
+            with contextlib.suppress(TransactionStateError):
+                tx.reply(500)
 
     async def _cancelled(self, invite_tx: ServerTransaction, cancel: SipRequest) -> None:
         try:
@@ -640,24 +747,55 @@ class SipEndpoint:
             elif kind is TimedOut:
                 self.stats.timeouts += 1
                 logger.debug("no ACK for the final response to %r", tx)
+        fsm = tx._fsm
+        if (
+            type(fsm) is NonInviteServerTransaction
+            and fsm.state is State.COMPLETED
+            and type(tx._origin) is UdpListener
+            and tx._wire is not None
+            and tx._wire[0] is fsm.last_response
+        ):
+            # All that is left until Timer J is answering retransmissions with these octets.
+            self._forget_server(tx)
+            if tx._key is not None:
+                record = _Completed(tx._wire[1], tx._origin, tx._dest)
+                self._linger(self._finished.add(tx._key, record, self._now()))
+            return
         self._arm(tx, self._fire_server)
 
     def _server_terminated(self, tx: ServerTransaction) -> None:
-        _cancel_timer(tx)
+        self._forget_server(tx)
         fsm = tx._fsm
         last = fsm.last_response if fsm is not None else None
         if type(fsm) is InviteServerTransaction and last is not None and last.status < 300:
             tx._accepted = True
-            tx._timer = self._running_loop().call_at(
-                self._now() + 64 * self.t1, self._forget_server, tx
-            )
-        else:
-            self._forget_server(tx)
+            if tx._key is not None:
+                record = _Accepted(tx, last.to.tag)
+                self._linger(self._finished.add(tx._key, record, self._now()))
 
     def _forget_server(self, tx: ServerTransaction) -> None:
         _cancel_timer(tx)
         if tx._key is not None and self._server.get(tx._key) is tx:
             del self._server[tx._key]
+
+    def _linger(self, expires: float) -> None:
+        """Have the sweep run by `expires`, when a record just added is due."""
+        if self._closed or (self._sweeper is not None and self._sweep_at <= expires):
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at = expires
+        self._sweeper = self._running_loop().call_at(expires, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self._now()
+        due = [self._finished.expire(now), self._client_finished.expire(now)]
+        following = min((at for at in due if at is not None), default=None)
+        if following is not None:
+            # Batched: a record may outlive its expiry by up to T1, which only lengthens a
+            # wait whose RFC duration is a minimum.
+            self._linger(max(following, now + self.t1))
 
     def _fire_server(self, tx: ServerTransaction) -> None:
         now = self._fired(tx)
@@ -728,6 +866,12 @@ class SipEndpoint:
             elif kind is Terminated:
                 self._forget_client(tx)
                 return
+        fsm = tx.fsm
+        if type(fsm) is NonInviteClientTransaction and fsm.state is State.COMPLETED:
+            # Until Timer K, retransmitted finals are only to be absorbed.
+            self._forget_client(tx)
+            self._linger(self._client_finished.add(fsm.key, True, self._now()))
+            return
         self._arm(tx, self._fire_client)
 
     def _send_request(self, tx: _ClientTransaction, message: SipRequest | SipResponse) -> None:

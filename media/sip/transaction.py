@@ -17,14 +17,20 @@ delivers; 2xx retransmissions and forked 2xx then match no transaction and go to
 layer, which sends the ACK for each. An INVITE server transaction terminates once the TU sends a
 2xx; retransmitting that 2xx until its ACK arrives, and absorbing the ACK, is the dialog layer's
 job (RFC 3261 §13.3.1.4). Transport errors (§17.1.4) are not modelled yet.
+
+`FinishedTransactions` is what a transport may keep instead of a transaction whose only business
+left is waiting out Timer J or K (or RFC 6026's Accepted state): a small record per key, expired
+in order, with one clock for all of them.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from media.sip.message import SipRequest, SipResponse
 
@@ -37,6 +43,9 @@ TIMER_D = 32.0
 
 ClientKey = tuple[str, str]
 ServerKey = tuple[Hashable, ...]
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -385,3 +394,46 @@ def _first_via_value(request: SipRequest) -> str:
     via = request.via
     params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in via.params)
     return f"SIP/2.0/{via.transport} {via.sent_by}{params}"
+
+
+class FinishedTransactions(Generic[_K, _V]):
+    """Transactions that only wait out a timer (J, K, or RFC 6026's Accepted state), kept as
+    small records: each for the same `lifetime`, so they expire in the order they were added
+    and one clock serves them all instead of a timer each.
+
+    `expire(now)` forgets every record that is due and says when the next one will be."""
+
+    __slots__ = ("_queue", "_records", "lifetime")
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self._records: dict[_K, _V] = {}
+        self._queue: deque[tuple[float, _K, _V]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def get(self, key: _K) -> _V | None:
+        return self._records.get(key)
+
+    def add(self, key: _K, record: _V, now: float) -> float:
+        """Keep `record` under `key` (replacing any) until `now + lifetime`, which it returns."""
+        expires = now + self.lifetime
+        self._records[key] = record
+        self._queue.append((expires, key, record))
+        return expires
+
+    def expire(self, now: float) -> float | None:
+        queue, records = self._queue, self._records
+        while queue and queue[0][0] <= now:
+            _, key, record = queue.popleft()
+            if records.get(key) is record:
+                del records[key]
+        return queue[0][0] if queue else None
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._queue.clear()

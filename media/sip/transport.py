@@ -204,23 +204,31 @@ class SourceRateLimiter:
 class ScannerFilter:
     """Recognise scanner User-Agents in the raw message, before any parsing cost."""
 
-    __slots__ = ("_pattern",)
+    __slots__ = ("_at_start", "_pattern")
 
     def __init__(self, user_agents: tuple[str, ...]) -> None:
         self._pattern: re.Pattern[bytes] | None = None
+        self._at_start: re.Pattern[bytes] | None = None
         if user_agents:
             names = b"|".join(re.escape(name.encode()) for name in user_agents)
-            self._pattern = re.compile(
-                rb"^user-agent[ \t]*:[^\r\n]*?(?:" + names + rb")", re.I | re.M
-            )
+            header = rb"user-agent[ \t]*:[^\r\n]*?(?:" + names + rb")"
+            # A header starts a line. The leading newline is a literal the regex engine can
+            # scan for, which a multi-line `^` under IGNORECASE is not: this runs on every
+            # datagram.
+            self._pattern = re.compile(rb"\n" + header, re.I)
+            self._at_start = re.compile(header, re.I)
 
     def __call__(self, data: bytes) -> bool:
-        return self._pattern is not None and self._pattern.search(data) is not None
+        if self._pattern is None or self._at_start is None:
+            return False
+        return self._pattern.search(data) is not None or self._at_start.match(data) is not None
 
 
 # Via rules
 
-_MESSAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(SipRequest))
+_NOT_COPIED = frozenset(
+    (*(f.name for f in dataclasses.fields(SipRequest)), "_index", "_wire", "vias")
+)
 
 
 def stamp_received(request: SipRequest, peer: Peer) -> SipRequest:
@@ -251,10 +259,11 @@ def stamp_received(request: SipRequest, peer: Peer) -> SipRequest:
     copy = SipRequest(
         headers=tuple(headers), body=request.body, method=request.method, uri=request.uri
     )
-    # Parse once: what the parser already worked out stays valid, only the Vias changed.
+    # Parse once: what the parser already worked out stays valid, only the Vias changed (and
+    # with them the header index and the serialised form, which are left to be made again).
     cache = vars(copy)
     for name, value in vars(request).items():
-        if name not in _MESSAGE_FIELDS:
+        if name not in _NOT_COPIED:
             cache[name] = value
     cache["vias"] = vias
     return copy

@@ -8,6 +8,7 @@ from media.sip.message import SipRequest, SipResponse, build_response, parse_mes
 from media.sip.transaction import (
     Action,
     Deliver,
+    FinishedTransactions,
     InviteClientTransaction,
     InviteServerTransaction,
     NonInviteClientTransaction,
@@ -383,3 +384,31 @@ def test_responses_match_the_client_transaction_by_branch_and_cseq_method() -> N
     assert client_key(response(invite, 180, "Ringing")) == tx.key
     assert client_key(response(cancel, 200, "OK")) != tx.key
     assert client_key(response(request(branch="z9hG4bKother"), 180, "Ringing")) != tx.key
+
+
+# Finished transactions waiting out a timer
+
+
+def test_finished_transactions_are_forgotten_in_order_once_their_lifetime_is_over() -> None:
+    finished = FinishedTransactions[str, str](32.0)
+    assert finished.add("bye-1", "200 for the first BYE", 0.0) == 32.0
+    assert finished.add("bye-2", "200 for the second BYE", 1.0) == 33.0
+
+    assert finished.expire(31.9) == 32.0
+    assert finished.get("bye-1") == "200 for the first BYE"
+    assert finished.expire(32.0) == 33.0
+    assert "bye-1" not in finished
+    assert finished.get("bye-2") == "200 for the second BYE"
+    assert finished.expire(40.0) is None
+    assert len(finished) == 0
+
+
+def test_a_finished_transaction_added_again_lives_from_its_latest_addition() -> None:
+    finished = FinishedTransactions[str, str](5.0)
+    finished.add("options", "first", 0.0)
+    finished.add("options", "second", 3.0)
+
+    assert finished.expire(5.0) == 8.0
+    assert finished.get("options") == "second"
+    assert finished.expire(8.0) is None
+    assert finished.get("options") is None

@@ -178,6 +178,15 @@ def test_a_scanner_name_outside_the_user_agent_header_is_not_a_scanner() -> None
     assert not ScannerFilter(())(named)
 
 
+def test_a_scanner_user_agent_is_caught_on_the_first_line_and_not_in_the_middle_of_one() -> None:
+    scanner = ScannerFilter(SourceLimits().drop_user_agents)
+
+    assert scanner(b"User-Agent: sipcli/v1.8\r\n\r\n")
+    assert scanner(b"OPTIONS sip:a@b SIP/2.0\nUSER-AGENT\t: sipsak 0.9\n\n")
+    assert not scanner(b"OPTIONS sip:a@b SIP/2.0\r\nX-User-Agent: sipsak\r\n\r\n")
+    assert not scanner(b"OPTIONS sip:a@b SIP/2.0\r\nUser-Agent: ok\r\nSubject: sipsak\r\n\r\n")
+
+
 def carrier_options(top_via: str) -> SipRequest:
     parsed = parse_message(
         message("via").replace(
