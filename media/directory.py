@@ -47,13 +47,6 @@ class TrunkSource:
     def name(self) -> str:
         return self.platform_trunk if self.platform_trunk is not None else str(self.trunk_id)
 
-    def admits(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
     def serves(self, route: InboundRoute) -> bool:
         """Whether calls to `route`'s number may arrive over this trunk: the tenant's own
         trunk (BYOC), or the platform trunk the number was bought on."""

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from media.sip.call import CallEnd, CallEnded, InboundCall, OutboundCall, UserAg
 from media.sip.dialog import Login
 from media.sip.digest import DigestError, NonceIssuer, Verdict, parse_credentials
 from media.sip.endpoint import Peer, SipEndpoint, SourceLimits, TransportName
+from media.sip.message import Uri
 from media.sip.registration import Registration, TrunkKeepalive
 from media.stream import RtpStream
 from runtime.ids import new_id
@@ -49,35 +50,48 @@ log = logging.getLogger(__name__)
 _TOUCH_TONE = frozenset("0123456789*#ABCD")
 
 
-class TrunkHosts:
-    """The addresses of every trunk's allow-list, as a live container: the SIP edge exempts
-    them from per-source rate limits (a carrier sends hundreds of requests a second)."""
+class TrunkIndex:
+    """Every trunk's recognisers, indexed for the per-INVITE questions: which trunks admit this
+    source address, and which trunks authenticate as this digest user. Also a live container of
+    trunk addresses, which the SIP edge exempts from per-source rate limits (a carrier sends
+    hundreds of requests a second). Rebuilt only when the directory hands over a new list."""
 
     def __init__(self) -> None:
-        self._networks: tuple[Network, ...] = ()
-        self._seen: dict[str, bool] = {}
+        self._sources: Sequence[TrunkSource] = ()
+        self._networks: tuple[tuple[Network, TrunkSource], ...] = ()
+        self._by_user: dict[str, list[TrunkSource]] = {}
+        self._by_host: dict[str, list[TrunkSource]] = {}
 
     def update(self, sources: Sequence[TrunkSource]) -> None:
-        networks = tuple(n for t in sources for n in t.networks)
-        if networks != self._networks:
-            self._networks = networks
-            self._seen = {}
+        if sources is self._sources:
+            return
+        self._sources = sources
+        self._networks = tuple((n, t) for t in sources for n in t.networks)
+        self._by_user = {}
+        for trunk in sources:
+            if trunk.digest_username is not None and trunk.digest_password is not None:
+                self._by_user.setdefault(trunk.digest_username, []).append(trunk)
+        self._by_host = {}
 
-    def __contains__(self, host: object) -> bool:
-        if not isinstance(host, str):
-            return False
-        known = self._seen.get(host)
-        if known is None:
+    def admitting(self, host: str) -> list[TrunkSource]:
+        found = self._by_host.get(host)
+        if found is None:
             try:
                 address = ipaddress.ip_address(host)
             except ValueError:
-                known = False
+                found = []
             else:
-                known = any(address in n for n in self._networks)
-            if len(self._seen) > 10_000:
-                self._seen.clear()
-            self._seen[host] = known
-        return known
+                found = list({id(t): t for n, t in self._networks if address in n}.values())
+            if len(self._by_host) > 10_000:
+                self._by_host.clear()
+            self._by_host[host] = found
+        return found
+
+    def with_user(self, username: str) -> list[TrunkSource]:
+        return self._by_user.get(username, [])
+
+    def __contains__(self, host: object) -> bool:
+        return isinstance(host, str) and bool(self.admitting(host))
 
 
 class EventSink(Protocol):
@@ -96,6 +110,9 @@ class NodeConfig:
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
     realm: str = "switchboard"
+    digest_algorithm: str = "SHA-256"
+    """Offered first in challenges (MD5 follows, RFC 8760). Some carrier equipment reads only
+    the first challenge and knows only MD5: "MD5" offers MD5 alone."""
     nonce_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     """Shared by every node behind one SIP edge, so a challenge from one is honoured by all."""
     drain_retry_after: int = 60
@@ -173,7 +190,7 @@ class MediaNode:
         self.endpoint: SipEndpoint | None = None
         self.sip_ports: dict[TransportName, int] = {}
         self.rejected: Counter[int] = Counter()
-        self.trunk_hosts = TrunkHosts()
+        self.trunks = TrunkIndex()
         self.keepalives: dict[Peer, TrunkKeepalive] = {}
         self.registrations: dict[tuple[str, Peer, str], Registration] = {}
         self._trunk_task: asyncio.Task[None] | None = None
@@ -181,11 +198,11 @@ class MediaNode:
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.trunk_hosts.update(await self.directory.trunk_sources())
+        self.trunks.update(await self.directory.trunk_sources())
         limits = SourceLimits(
             requests_per_second=self.config.source_rate,
             burst=self.config.source_burst,
-            exempt_hosts=self.trunk_hosts,
+            exempt_hosts=self.trunks,
         )
         ua = UserAgent(on_invite=self._on_invite)
         endpoint = SipEndpoint(ua, public_host=self.public_host, limits=limits, t1=self.config.t1)
@@ -273,7 +290,7 @@ class MediaNode:
         the catalog: new trunks start, removed ones stop (unregistering first)."""
         assert self.endpoint is not None
         sources = await self.directory.trunk_sources()
-        self.trunk_hosts.update(sources)
+        self.trunks.update(sources)
         pings: dict[Peer, TrunkSource] = {}
         registrations: dict[tuple[str, Peer, str], TrunkSource] = {}
         for trunk in sources:
@@ -353,10 +370,8 @@ class MediaNode:
     async def _trunks_for(self, sip_call: InboundCall) -> list[TrunkSource]:
         """The trunks this INVITE may have come over: by source address, else by digest. An
         unlisted source that has not authenticated gets a challenge (and nothing else)."""
-        sources = await self.directory.trunk_sources()
-        self.trunk_hosts.update(sources)
-        host = sip_call.peer.host
-        by_address = [t for t in sources if t.admits(host)]
+        self.trunks.update(await self.directory.trunk_sources())
+        by_address = self.trunks.admitting(sip_call.peer.host)
         if by_address:
             return by_address
         authorization = sip_call.request.header("Authorization")
@@ -368,23 +383,36 @@ class MediaNode:
         except DigestError:
             self._reject(sip_call, 400)
             return []
-        passwords = {t.digest_username: t.digest_password for t in sources if t.digest_username}
-        verdict = self.nonces.verify(
-            credentials,
-            method="INVITE",
-            realm=self.config.realm,
-            password_lookup=lambda user: passwords.get(user),
-        )
-        if verdict is Verdict.STALE:
-            self._challenge(sip_call, stale=True)
-            return []
-        if verdict is not Verdict.OK or credentials.uri != str(sip_call.request.uri):
+        if not _digest_uri_fits(credentials.uri, sip_call.request.uri):
             self._reject(sip_call, 403)
             return []
-        return [t for t in sources if t.digest_username == credentials.username]
+        # Several tenants' trunks may share a digest user name: the password tells them apart.
+        # An unknown user is still checked (against a decoy), so it costs what a known one does.
+        candidates: list[TrunkSource | None] = [*self.trunks.with_user(credentials.username)]
+        matched: list[TrunkSource] = []
+        stale = False
+        for trunk in candidates or [None]:
+            verdict = self.nonces.verify(
+                credentials,
+                method="INVITE",
+                realm=self.config.realm,
+                password_lookup=_password_of(trunk),
+            )
+            if verdict is Verdict.OK and trunk is not None:
+                matched.append(trunk)
+            stale = stale or verdict is Verdict.STALE
+        if matched:
+            return matched
+        if stale:
+            self._challenge(sip_call, stale=True)
+        else:
+            self._reject(sip_call, 403)
+        return []
 
     def _challenge(self, sip_call: InboundCall, *, stale: bool = False) -> None:
-        values = self.nonces.challenge(self.config.realm, stale=stale)
+        values = self.nonces.challenge(
+            self.config.realm, algorithm=self.config.digest_algorithm, stale=stale
+        )
         self._reject(sip_call, 401, [("WWW-Authenticate", v) for v in values])
 
     async def _start_inbound(
@@ -848,6 +876,31 @@ def recording_aad(tenant_id: UUID, call_id: UUID) -> bytes:
     """Binds a recording's ciphertext to its tenant and call, so a file moved to another
     tenant's folder does not decrypt."""
     return hashlib.sha256(f"recording:{tenant_id}:{call_id}".encode()).digest()
+
+
+def _digest_uri_fits(digest_uri: str, request_uri: Uri) -> bool:
+    """RFC 3261 §22.4 wants the digest-uri to be the Request-URI. Some carrier equipment (and
+    SIPp) sign for the node's own address instead (`sip:host:port`, no user); that still names
+    this node and nothing else, so it is accepted too."""
+    if digest_uri == str(request_uri):
+        return True
+    try:
+        signed = Uri.parse(digest_uri)
+    except ValueError:
+        return False
+    return (
+        signed.scheme == request_uri.scheme
+        and signed.user is None
+        and signed.host == request_uri.host
+        and (signed.port or 5060) == (request_uri.port or 5060)
+    )
+
+
+def _password_of(trunk: TrunkSource | None) -> Callable[[str], str | None]:
+    def lookup(_username: str) -> str | None:
+        return None if trunk is None else trunk.digest_password
+
+    return lookup
 
 
 async def _resolve(host: str) -> str:

@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sip_tls_key: str | None = None
     sip_public_host: str | None = None
     sip_realm: str = "switchboard"
+    sip_digest_algorithm: str = "SHA-256"
     sip_source_rate: float = 50.0
     sip_source_burst: int = 100
     rtp_host: str = "127.0.0.1"
@@ -118,6 +119,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "rtp_port_min < rtp_port_max, both in 1024-65535, at least 4 ports apart",
             ),
             ("sip_source_rate", self.sip_source_rate > 0, "must be > 0"),
+            (
+                "sip_digest_algorithm",
+                self.sip_digest_algorithm in ("SHA-256", "MD5"),
+                "SHA-256 or MD5",
+            ),
             ("log_format", self.log_format in ("json", "text"), "json or text"),
             ("log_level", self.log_level.upper() in _LEVELS, "DEBUG, INFO, WARNING or ERROR"),
         ]

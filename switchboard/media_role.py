@@ -59,6 +59,7 @@ def node_config(settings: Settings, **overrides: object) -> NodeConfig:
         "rtp_port_min": settings.rtp_port_min,
         "rtp_port_max": settings.rtp_port_max,
         "realm": settings.sip_realm,
+        "digest_algorithm": settings.sip_digest_algorithm,
         "nonce_secret": nonce_secret,
         "source_rate": settings.sip_source_rate,
         "source_burst": settings.sip_source_burst,

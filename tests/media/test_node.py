@@ -597,3 +597,70 @@ async def test_two_calls_are_bridged_and_one_is_recorded_sealed_for_its_tenant(
     assert max(abs(s) for s in memoryview(recording.samples).cast("h")) > 1000  # speech
     with pytest.raises(RecordingError):
         read_recording(path, key, recording_aad(UUID(tenant.id), UUID(legs[1])))
+
+
+async def test_a_carrier_on_no_allow_list_gets_in_with_its_trunks_digest_credentials(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = await provision(api, admin_conn)
+    await _ok(
+        api.client.post(
+            "/v1/trunks",
+            json={
+                "name": "Roaming carrier",
+                "host": "127.0.0.2",
+                "inbound": {"digest_username": "acme-in", "digest_password": "Digest-In-7"},
+            },
+            headers=tenant.auth,
+        )
+    )
+    events, sub = await listen_calls(api, tenant.id)
+    # SIPp answers only the first challenge, and only MD5.
+    async with running_node(api, trunk_keepalive_seconds=0, digest_algorithm="MD5") as running:
+        result = await run_sipp(
+            f"127.0.0.1:{running.node.sip_ports['udp']}",
+            scenario("uac_digest.xml", tmp_path, PASSWORD="Digest-In-7"),
+            tmp_path,
+            service=NUMBER.lstrip("+"),
+            local_ip="127.0.0.2",
+        )
+        assert result.ok, result.explain()
+        ended = await events.wait("call.ended", 1)
+        await settled(running)
+    await sub.unsubscribe()
+    started = events.of("call.started")
+    assert [e["to_number"] for e in started] == [NUMBER]
+    assert started[0]["trunk"] != "carrier-a"  # it came over the tenant's own trunk
+    assert ended[0]["cause"] == "remote_bye"
+
+
+async def test_a_wrong_digest_password_gets_403_and_no_call(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = await provision(api, admin_conn)
+    await _ok(
+        api.client.post(
+            "/v1/trunks",
+            json={
+                "name": "Roaming carrier",
+                "host": "127.0.0.2",
+                "inbound": {"digest_username": "acme-in", "digest_password": "Digest-In-7"},
+            },
+            headers=tenant.auth,
+        )
+    )
+    events, sub = await listen_calls(api, tenant.id)
+    async with running_node(api, trunk_keepalive_seconds=0, digest_algorithm="MD5") as running:
+        result = await run_sipp(
+            f"127.0.0.1:{running.node.sip_ports['udp']}",
+            scenario("uac_digest.xml", tmp_path, PASSWORD="Guess-1234"),
+            tmp_path,
+            service=NUMBER.lstrip("+"),
+            local_ip="127.0.0.2",
+        )
+        await settled(running)
+    await asyncio.sleep(0.2)
+    await sub.unsubscribe()
+    assert not result.ok
+    assert "SIP/2.0 403 Forbidden" in result.messages
+    assert events.by_type == {}
