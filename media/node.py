@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import logging
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -209,12 +210,13 @@ class MediaNode:
         ua.bind(endpoint)
         self.ua, self.endpoint = ua, endpoint
         port = self.config.sip_port
+        if port == 0:
+            port = _free_udp_and_tcp_port(self.config.sip_host)
         for transport in self.config.transports:
             # UDP and TCP share a port number, as carriers expect (5060 for both).
-            bound = await endpoint.listen(transport, self.config.sip_host, port)
-            self.sip_ports[transport] = bound
-            if port == 0:
-                port = bound
+            self.sip_ports[transport] = await endpoint.listen(
+                transport, self.config.sip_host, port
+            )
         self.ticker.start()
         self._started = True
         self._trunk_task = asyncio.create_task(self._maintain_trunks(), name="trunk-upkeep")
@@ -876,6 +878,23 @@ def recording_aad(tenant_id: UUID, call_id: UUID) -> bytes:
     """Binds a recording's ciphertext to its tenant and call, so a file moved to another
     tenant's folder does not decrypt."""
     return hashlib.sha256(f"recording:{tenant_id}:{call_id}".encode()).digest()
+
+
+def _free_udp_and_tcp_port(host: str) -> int:
+    """A port number free for both UDP and TCP on `host` (port 0 asks for any: a free UDP port
+    may be some TCP connection's local port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError(f"no port free for both UDP and TCP on {host}")
 
 
 def _digest_uri_fits(digest_uri: str, request_uri: Uri) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvloop
 from aiosmtpd.controller import Controller
 
 from runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
@@ -53,6 +54,12 @@ class Services:
 
 def _superuser(pg: EmbeddedPostgres) -> str:
     return pg.superuser_dsn.split("://", 1)[1].split("@", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """The suite runs on uvloop, as every `switchboard` role does."""
+    return uvloop.EventLoopPolicy()
 
 
 @pytest.fixture(scope="session")
