@@ -214,9 +214,7 @@ class MediaNode:
             port = _free_udp_and_tcp_port(self.config.sip_host)
         for transport in self.config.transports:
             # UDP and TCP share a port number, as carriers expect (5060 for both).
-            self.sip_ports[transport] = await endpoint.listen(
-                transport, self.config.sip_host, port
-            )
+            self.sip_ports[transport] = await endpoint.listen(transport, self.config.sip_host, port)
         self.ticker.start()
         self._started = True
         self._trunk_task = asyncio.create_task(self._maintain_trunks(), name="trunk-upkeep")
