@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import random
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -153,7 +154,7 @@ class _Retransmission:
         self._handle = loop.call_at(at, self._fire, cseq)
 
 
-class _Call:
+class _Call(ABC):
     """What inbound and outbound calls share once a dialog exists."""
 
     def __init__(self, ua: UserAgent, peer: Peer) -> None:
@@ -177,8 +178,9 @@ class _Call:
         self._refresher: asyncio.Task[None] | None = None
 
     @property
+    @abstractmethod
     def call_id(self) -> str:
-        raise NotImplementedError
+        """The SIP Call-ID: taken from the INVITE inbound, chosen by us outbound."""
 
     @property
     def is_over(self) -> bool:
@@ -534,5 +536,5 @@ class _Call:
         self._ended(end)
         return True
 
-    def _ended(self, end: CallEnd) -> None:
+    def _ended(self, end: CallEnd) -> None:  # noqa: B027 - optional: inbound has nothing more
         """Subclass hook: settle what callers of this kind of call wait on."""
