@@ -156,7 +156,6 @@ class Call:
     bridge: Bridge | None = None
     recorder: Recorder | None = None
     playing: asyncio.Task[None] | None = None
-    digits_seen: int = 0
 
     @property
     def is_over(self) -> bool:
@@ -186,7 +185,6 @@ class MediaNode:
         self.calls: dict[UUID, Call] = {}
         self._by_tenant: Counter[UUID] = Counter()
         self._draining = False
-        self._started = False
         self.ua: UserAgent | None = None
         self.endpoint: SipEndpoint | None = None
         self.sip_ports: dict[TransportName, int] = {}
@@ -216,7 +214,6 @@ class MediaNode:
             # UDP and TCP share a port number, as carriers expect (5060 for both).
             self.sip_ports[transport] = await endpoint.listen(transport, self.config.sip_host, port)
         self.ticker.start()
-        self._started = True
         self._trunk_task = asyncio.create_task(self._maintain_trunks(), name="trunk-upkeep")
         log.info("media node %s: SIP %s", self.config.node_id, self.sip_ports)
 
@@ -255,7 +252,6 @@ class MediaNode:
         if self.endpoint is not None:
             await self.endpoint.close()
         await self.ticker.stop()
-        self._started = False
 
     def heartbeat(self) -> dict[str, Any]:
         return {
@@ -265,6 +261,7 @@ class MediaNode:
             "draining": self._draining,
             "sip": {t: f"{self.public_host}:{p}" for t, p in self.sip_ports.items()},
             "rtp_ports_in_use": self.ports.in_use,
+            "rejected": {str(status): count for status, count in sorted(self.rejected.items())},
             "trunks": {
                 f"{peer.transport}:{peer.host}:{peer.port}": keepalive.up
                 for peer, keepalive in self.keepalives.items()

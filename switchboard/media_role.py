@@ -126,9 +126,13 @@ async def media_node(
 
     async def beat() -> None:
         while True:
-            await notify(
-                bus, f"media.heartbeat.{node.config.node_id}", msgspec.json.encode(node.heartbeat())
-            )
+            state = {
+                **node.heartbeat(),
+                "events_published": publisher.published,
+                "events_waiting": publisher.backlog,
+                "event_publish_retries": publisher.retries,
+            }
+            await notify(bus, f"media.heartbeat.{node.config.node_id}", msgspec.json.encode(state))
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     heart = asyncio.create_task(beat(), name="media-heartbeat")

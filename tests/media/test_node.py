@@ -328,6 +328,7 @@ async def test_calls_that_must_not_reach_a_tenant_are_refused(
         )
         assert result.ok, f"{who}: {result.explain()}"
         await settled(running)
+        assert running.node.heartbeat()["rejected"] == {status: 1}, who
     await asyncio.sleep(0.2)
     await sub.unsubscribe()
     assert events.by_type == {}, who
@@ -599,10 +600,8 @@ async def test_two_calls_are_bridged_and_one_is_recorded_sealed_for_its_tenant(
         read_recording(path, key, recording_aad(UUID(tenant.id), UUID(legs[1])))
 
 
-async def test_a_carrier_on_no_allow_list_gets_in_with_its_trunks_digest_credentials(
-    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
-) -> None:
-    tenant = await provision(api, admin_conn)
+async def _roaming_trunk(api: Api, tenant: Tenant) -> None:
+    """A BYOC trunk on no allow-list: its carrier authenticates as acme-in / Digest-In-7."""
     await _ok(
         api.client.post(
             "/v1/trunks",
@@ -614,6 +613,13 @@ async def test_a_carrier_on_no_allow_list_gets_in_with_its_trunks_digest_credent
             headers=tenant.auth,
         )
     )
+
+
+async def test_a_carrier_on_no_allow_list_gets_in_with_its_trunks_digest_credentials(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = await provision(api, admin_conn)
+    await _roaming_trunk(api, tenant)
     events, sub = await listen_calls(api, tenant.id)
     # SIPp answers only the first challenge, and only MD5.
     async with running_node(api, trunk_keepalive_seconds=0, digest_algorithm="MD5") as running:
@@ -638,17 +644,7 @@ async def test_a_wrong_digest_password_gets_403_and_no_call(
     api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     tenant = await provision(api, admin_conn)
-    await _ok(
-        api.client.post(
-            "/v1/trunks",
-            json={
-                "name": "Roaming carrier",
-                "host": "127.0.0.2",
-                "inbound": {"digest_username": "acme-in", "digest_password": "Digest-In-7"},
-            },
-            headers=tenant.auth,
-        )
-    )
+    await _roaming_trunk(api, tenant)
     events, sub = await listen_calls(api, tenant.id)
     async with running_node(api, trunk_keepalive_seconds=0, digest_algorithm="MD5") as running:
         result = await run_sipp(
