@@ -14,6 +14,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from api.context import ApiDeps, _valid_ip
+from api.controllers.agents import AgentPresenceController, QueueLiveController
 from api.controllers.auth import AuthController, OAuthController
 from api.controllers.contacts import ContactController
 from api.controllers.flows import FlowController, NumberRoutingController
@@ -118,6 +119,8 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
         plugins=plugins,
         route_handlers=[
             HealthController,
+            AgentPresenceController,
+            QueueLiveController,
             AuthController,
             OAuthController,
             TenantController,

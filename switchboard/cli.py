@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="outbox relay, mail delivery, housekeeping")
     media = sub.add_parser("media", help="a media node: SIP trunks, RTP, IVR flows")
     media.add_argument("--sip-port", type=int, help="SIP port for UDP and TCP (default 5060)")
+    sub.add_parser("router", help="the ACD router: presence, queues, routing decisions")
     sub.add_parser("migrate", help="create roles and apply SQL migrations (admin URL)")
     keys = sub.add_parser("keys", help="access-token signing keys")
     keys.add_argument("action", choices=["rotate"])
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(roles.run_api(settings))
         elif args.command == "media":
             _run(roles.run_media(settings))
+        elif args.command == "router":
+            _run(roles.run_router(settings))
         elif args.command == "worker":
             _run(roles.run_worker(settings))
         elif args.command == "migrate":

@@ -31,7 +31,9 @@ from runtime.mail import ConsoleTransport, MailRelay, MailTransport, SmtpTranspo
 from runtime.migrate import APP_ROLE, migrate
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing, shutdown_tracing
+from routing.client import RouterClient
 from switchboard.media_role import media_node
+from switchboard.router_role import router_node
 from tenancy.auth import Authenticator
 from tenancy.credentials import KeyRing
 
@@ -108,6 +110,9 @@ def api_deps(res: Resources) -> ApiDeps:
         auth=res.auth,
         readiness=res.readiness,
         tracer_provider=res.tracer_provider,
+        router=RouterClient(
+            res.bus, res.settings.router_partitions, namespace=res.settings.router_namespace
+        ),
     )
 
 
@@ -245,6 +250,19 @@ async def run_media(settings: Settings) -> None:
         await _finish(res)
 
 
+async def run_router(settings: Settings) -> None:
+    """An ACD router: serves its share of the tenant partitions (router.<partition>.*)."""
+    setup_logging(settings.log_level, settings.log_format, "router")
+    setup_tracing(settings.service_name, settings.otlp_endpoint, "router")
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with open_resources(settings, role="router") as res:
+        async with router_node(settings, res.pool, res.bus) as node:
+            log.info("router %s serving partitions %s", node.instance_id, node.owned)
+            await stop.wait()
+        await _finish(res)
+
+
 async def run_migrate(settings: Settings) -> list[int]:
     admin = settings.admin_database_url
     if not admin:
@@ -325,6 +343,11 @@ async def run_dev(settings: Settings) -> None:
                 if merged.media_enabled
                 else None
             )
+            router = (
+                await stack.enter_async_context(router_node(merged, res.pool, res.bus))
+                if merged.router_enabled
+                else None
+            )
             _say("Switchboard dev is running:")
             _say(f"  API        {merged.base_url}   (OpenAPI: {merged.base_url}/schema)")
             _say(f"  sign up    {merged.base_url}/signup")
@@ -346,6 +369,8 @@ async def run_dev(settings: Settings) -> None:
                     f"{t} {media.node.public_host}:{p}" for t, p in media.node.sip_ports.items()
                 )
                 _say(f"  SIP        {sip}  (RTP {merged.rtp_port_min}-{merged.rtp_port_max})")
+            if router is not None:
+                _say(f"  router     partitions {router.owned} of {merged.router_partitions}")
             _say("Press Ctrl-C to stop.")
             try:
                 await serve_api(res, stop)

@@ -18,10 +18,11 @@ RESOURCES = (
     "prompts",
     "contacts",
     "trunks",
+    "presence",
 )
 _CONTACT_CENTER = frozenset(
     f"{r}:{a}"
-    for r in ("seats", "skills", "queues", "flows", "prompts", "contacts")
+    for r in ("seats", "skills", "queues", "flows", "prompts", "contacts", "presence")
     for a in ("read", "write")
 )
 ALL_PERMISSIONS: frozenset[str] = frozenset(
@@ -53,6 +54,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
             "contacts:read",
             "contacts:write",
             "trunks:read",
+            "presence:read",
         }
     ),
 }
