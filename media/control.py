@@ -7,15 +7,27 @@ step without checking.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from media import events as ev
 from media.audio import PcmAudio
 from media.collect import collect_digits, flush_digits
 from media.sip.call import CallEnded
 
 if TYPE_CHECKING:
     from media.node import Call, MediaNode
+
+
+@dataclass(frozen=True, slots=True)
+class Voicemail:
+    """A message the caller left: sealed for the tenant at `path` (see `record_message`)."""
+
+    path: Path
+    duration_ms: int
+    voicemail_id: UUID
 
 
 class CallControl:
@@ -123,6 +135,75 @@ class CallControl:
 
     async def hangup(self, reason: str = "normal") -> None:
         await self._node.hangup(self._call, reason)
+
+    def step(
+        self,
+        node: str,
+        node_type: str,
+        outcome: str | None = None,
+        detail: dict[str, str] | None = None,
+    ) -> None:
+        """Report one node of the flow as run (call.flow_step), so the caller's path shows."""
+        self._node._emit(
+            ev.CallFlowStep(
+                tenant_id=self.tenant_id,
+                call_id=self.call_id,
+                node_id=self._node.config.node_id,
+                node=node,
+                node_type=node_type,
+                outcome=outcome,
+                detail=dict(detail or {}),
+            )
+        )
+
+    async def enqueue(
+        self,
+        queue_id: UUID,
+        *,
+        priority: int,
+        skills: dict[str, int],
+        attributes: dict[str, str],
+    ) -> None:
+        """Put the caller in a queue: hold music, call.queued, and the call stays up when the
+        script returns (the router drives it from then on). Returns at once."""
+        await self.answer()
+        await self._node.queues.enqueue(
+            self._call, queue_id, priority=priority, skills=skills, attributes=attributes
+        )
+
+    async def record_message(
+        self, *, max_seconds: int = 120, beep: bool = True
+    ) -> Voicemail | None:
+        """Record the caller after a beep until '#', `max_seconds` or hang-up; the message is
+        kept if the caller hangs up. None when nothing audible was said. The file is sealed
+        for the tenant with aad `recording_aad(tenant_id, voicemail_id)`."""
+        await self.answer()
+        self._call.keep_script = True
+        try:
+            return await self._node.queues.record_message(
+                self._call, max_seconds=max_seconds, beep=beep
+            )
+        finally:
+            self._call.keep_script = False
+
+    async def leave_voicemail(
+        self, voicemail: Voicemail, *, mailbox: str | None, queue_id: UUID | None = None
+    ) -> None:
+        """Store a recorded message (directory.store_voicemail) and emit call.voicemail; works
+        after the caller hung up too."""
+        await self._node.queues.leave_voicemail(
+            self._call, voicemail, mailbox=mailbox, queue_id=queue_id
+        )
+
+    async def transfer(self, number: str, *, caller_id: str, timeout_seconds: float = 30) -> str:
+        """Call `number` (the `originate` checks apply) while the caller hears ringback, and
+        bridge them on answer. "answered" (the bridge owns the call now), or "busy",
+        "no_answer", "failed", "refused:<code>" with the caller still here. Emits
+        call.transferred."""
+        self._check()
+        return await self._node.queues.transfer(
+            self._call, number, caller_id=caller_id, timeout_seconds=timeout_seconds
+        )
 
     async def _until_over(self, awaitable: Any) -> Any:
         """Await `awaitable` unless the call ends first (then raise CallEnded)."""

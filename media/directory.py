@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
@@ -83,6 +85,32 @@ class OutboundRoute:
     codecs: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ContactInfo:
+    """The caller as the tenant's contact list knows them: for VIP and blocked branches and the
+    agent's screen pop."""
+
+    contact_id: UUID
+    name: str
+    vip: bool
+    blocked: bool
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailRecord:
+    """A message a caller left: the encrypted recording on this node and what it belongs to."""
+
+    voicemail_id: UUID
+    call_id: UUID
+    mailbox: str | None
+    queue_id: UUID | None
+    from_number: str
+    path: Path
+    duration_ms: int
+    recorded_at: datetime
+
+
 class CallDirectory(Protocol):
     async def trunk_sources(self) -> Sequence[TrunkSource]:
         """Every trunk that may send calls to this node."""
@@ -103,3 +131,17 @@ class CallDirectory(Protocol):
     async def prompt(self, tenant_id: UUID, prompt_id: UUID) -> PcmAudio: ...
 
     async def speech(self, text: str, voice: str) -> PcmAudio: ...
+
+    async def contact(self, tenant_id: UUID, e164: str) -> ContactInfo | None:
+        """The tenant's contact calling from `e164`, if any."""
+        ...
+
+    async def hold_music(self, tenant_id: UUID, queue_id: UUID) -> PcmAudio:
+        """What callers waiting in the queue hear: its own prompt, else the platform's."""
+        ...
+
+    async def lookup_secret(self, tenant_id: UUID) -> bytes:
+        """The key that signs the tenant's HTTP lookups (stable; the tenant can read it)."""
+        ...
+
+    async def store_voicemail(self, tenant_id: UUID, voicemail: VoicemailRecord) -> None: ...

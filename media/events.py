@@ -13,6 +13,9 @@ from uuid import UUID
 from bus.events import Event, EventCodec
 
 Direction = Literal["inbound", "outbound"]
+OfferFailure = Literal[
+    "no_answer", "busy", "rejected", "unreachable", "caller_gone", "answered_elsewhere", "refused"
+]
 
 
 class _CallEvent(Event, frozen=True, kw_only=True):
@@ -76,8 +79,105 @@ class CallEnded(_CallEvent, frozen=True, kw_only=True, tag="call.ended"):
     packets_received: int = 0
     packets_lost: int = 0
     jitter_ms: float = 0.0
+    agent_id: UUID | None = None
+    """The agent who talked to the caller, if one did."""
+    queue_id: UUID | None = None
+    """The queue the call waited in, if it did."""
+
+
+class CallFlowStep(_CallEvent, frozen=True, kw_only=True, tag="call.flow_step"):
+    """One node of the call's flow ran: a supervisor sees the path the caller took."""
+
+    _verb = "flow_step"
+    node: str
+    node_type: str
+    outcome: str | None = None
+    detail: dict[str, str] = {}
+
+
+class CallQueued(_CallEvent, frozen=True, kw_only=True, tag="call.queued"):
+    """The caller waits in a queue, hearing its hold music; the router drives the call now.
+    `skills` maps a skill name (as the flow spells it) to the minimum level wanted."""
+
+    _verb = "queued"
+    queue_id: UUID
+    priority: int
+    skills: dict[str, int]
+    attributes: dict[str, str]
+    from_number: str
+    to_number: str
+    callback_number: str | None = None
+
+
+class CallOfferRinging(_CallEvent, frozen=True, kw_only=True, tag="call.offer_ringing"):
+    _verb = "offer_ringing"
+    agent_id: UUID
+
+
+class CallOfferAnswered(_CallEvent, frozen=True, kw_only=True, tag="call.offer_answered"):
+    """The agent took the call: caller and agent are bridged."""
+
+    _verb = "offer_answered"
+    agent_id: UUID
+
+
+class CallOfferFailed(_CallEvent, frozen=True, kw_only=True, tag="call.offer_failed"):
+    _verb = "offer_failed"
+    agent_id: UUID
+    reason: OfferFailure
+
+
+class CallCallbackRequested(_CallEvent, frozen=True, kw_only=True, tag="call.callback_requested"):
+    """The caller asked to be called back on `number` and hung up; the call keeps its place."""
+
+    _verb = "callback_requested"
+    queue_id: UUID
+    number: str
+
+
+class CallCallbackFailed(_CallEvent, frozen=True, kw_only=True, tag="call.callback_failed"):
+    """The agent answered a dial-back but the customer could not be reached."""
+
+    _verb = "callback_failed"
+    agent_id: UUID
+    reason: str
+
+
+class CallVoicemail(_CallEvent, frozen=True, kw_only=True, tag="call.voicemail"):
+    _verb = "voicemail"
+    mailbox: str | None
+    queue_id: UUID | None
+    voicemail_id: UUID
+    duration_ms: int
+    from_number: str
+
+
+class CallTransferred(_CallEvent, frozen=True, kw_only=True, tag="call.transferred"):
+    """The flow transferred the caller to `to`: `outcome` is "answered", "busy", "no_answer",
+    "failed" or "refused:<code>"."""
+
+    _verb = "transferred"
+    to: str
+    outcome: str
 
 
 codec = EventCodec(
-    (CallStarted, CallRinging, CallAnswered, CallHeld, CallResumed, CallDtmf, CallEnded)
+    (
+        CallStarted,
+        CallRinging,
+        CallAnswered,
+        CallHeld,
+        CallResumed,
+        CallDtmf,
+        CallEnded,
+        CallFlowStep,
+        CallQueued,
+        CallOfferRinging,
+        CallOfferAnswered,
+        CallOfferFailed,
+        CallCallbackRequested,
+        CallCallbackFailed,
+        CallVoicemail,
+        CallTransferred,
+    )
 )

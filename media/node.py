@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from uuid import UUID
 
 import msgspec
@@ -32,7 +32,7 @@ from media import events as ev
 from media import sdp
 from media.bridge import Bridge
 from media.control import CallControl
-from media.directory import CallDirectory, InboundRoute, Network, TrunkSource
+from media.directory import CallDirectory, InboundRoute, Network, OutboundRoute, TrunkSource
 from media.player import Player, Ticker
 from media.policy import OutboundPolicy, PolicyRefused, check_destination, dialed_e164
 from media.ports import PortRange
@@ -45,6 +45,9 @@ from media.sip.message import Uri
 from media.sip.registration import Registration, TrunkKeepalive
 from media.stream import RtpStream
 from runtime.ids import new_id
+
+if TYPE_CHECKING:
+    from media.queueing import QueuedCall, Queues
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class NodeConfig:
     t1: float = 0.5
     recordings_dir: Path = Path(".switchboard/recordings")
     outbound_policy: OutboundPolicy = field(default_factory=OutboundPolicy)
+    agent_device_networks: tuple[Network, ...] = ()
+    """Where agents' SIP devices may be rung (`sip:` devices elsewhere are refused)."""
 
 
 @dataclass(eq=False)
@@ -156,6 +161,16 @@ class Call:
     bridge: Bridge | None = None
     recorder: Recorder | None = None
     playing: asyncio.Task[None] | None = None
+    max_concurrent_calls: int | None = None
+    """The tenant's cap, for the calls this one places (transfers)."""
+    queued: QueuedCall | None = None
+    """Set while the caller waits in a queue (and once an agent took the call)."""
+    queue_id: UUID | None = None
+    agent_id: UUID | None = None
+    """The agent who talked to the caller, for call.ended."""
+    keep_script: bool = False
+    """Set while the script records a message: a hang-up then ends the recording, not the
+    script, so the message can still be stored."""
 
     @property
     def is_over(self) -> bool:
@@ -174,6 +189,8 @@ class MediaNode:
         *,
         recording_key: RecordingKeys | None = None,
     ) -> None:
+        from media.queueing import Queues  # it builds on this module
+
         self.config = config
         self.directory = directory
         self.events = events
@@ -193,6 +210,7 @@ class MediaNode:
         self.keepalives: dict[Peer, TrunkKeepalive] = {}
         self.registrations: dict[tuple[str, Peer, str], Registration] = {}
         self._trunk_task: asyncio.Task[None] | None = None
+        self.queues: Queues = Queues(self)
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -249,6 +267,7 @@ class MediaNode:
             await self.ua.shutdown(reason)
         for call in list(self.calls.values()):
             await self._finish(call, CallEnd(cause=reason))
+        await self.queues.close()
         if self.endpoint is not None:
             await self.endpoint.close()
         await self.ticker.stop()
@@ -258,6 +277,7 @@ class MediaNode:
             "node_id": self.config.node_id,
             "at": datetime.now(UTC).isoformat(),
             "calls": len(self.calls),
+            **self.queues.counts(),
             "draining": self._draining,
             "sip": {t: f"{self.public_host}:{p}" for t, p in self.sip_ports.items()},
             "rtp_ports_in_use": self.ports.in_use,
@@ -452,6 +472,7 @@ class MediaNode:
             trunk=trunk.name,
             number_id=route.number_id,
             negotiated=negotiated,
+            max_concurrent_calls=route.max_concurrent_calls,
         )
         self._admit(call)
         self._emit(
@@ -489,7 +510,7 @@ class MediaNode:
             log.exception("call %s: its flow failed", call.id)
             await self.hangup(call, "flow_error")
             return
-        if not call.is_over and call.bridge is None:
+        if not call.is_over and call.bridge is None and call.queued is None:
             await self.hangup(call, "flow_finished")
 
     # --- call control --------------------------------------------------------------------------
@@ -600,7 +621,11 @@ class MediaNode:
             return
         call.end = end
         call.over.set()
-        if call.script is not None and asyncio.current_task() is not call.script:
+        if (
+            call.script is not None
+            and asyncio.current_task() is not call.script
+            and not call.keep_script
+        ):
             call.script.cancel()
         if call.playing is not None:
             call.playing.cancel()
@@ -639,6 +664,8 @@ class MediaNode:
                 packets_received=stats.packets_received,
                 packets_lost=max(0, stats.packets_lost),
                 jitter_ms=stats.jitter_ms,
+                agent_id=call.agent_id,
+                queue_id=call.queue_id,
             )
         )
 
@@ -650,50 +677,19 @@ class MediaNode:
 
     # --- outbound ------------------------------------------------------------------------------
 
-    async def originate(self, request: Originate) -> Call:
+    async def originate(self, request: Originate, *, call_id: UUID | None = None) -> Call:
         """Place a call through the tenant's trunk (or the platform's), after the policy and
         caller-ID checks. Returns once the INVITE is out; events tell the rest."""
         if self._draining:
             raise CommandRefused("draining", "this node is draining")
-        if not await self.directory.owns_number(request.tenant_id, request.caller_id):
-            raise CommandRefused(
-                "caller_id_not_owned", "the caller ID must be one of the tenant's numbers"
-            )
-        try:
-            check_destination(request.to, request.caller_id, self.config.outbound_policy)
-        except PolicyRefused as exc:
-            raise CommandRefused(exc.code, exc.message) from exc
-        route = await self.directory.outbound_route(
-            request.tenant_id, request.caller_id, request.trunk_id
+        route = await self.outbound_route(
+            request.tenant_id, request.to, request.caller_id, request.trunk_id
         )
-        if route is None:
-            raise CommandRefused("no_trunk", "no trunk can carry this call")
         if self._by_tenant[request.tenant_id] >= request.max_concurrent_calls:
             raise CommandRefused("concurrent_call_limit", "the tenant is at its call limit")
-        stream = await RtpStream.open(
-            self.config.rtp_host, self.ports, public_host=self.public_host
-        )
-        offer = sdp.make_offer(
-            address=self.public_host,
-            port=stream.local_port,
-            session_id=secrets.randbits(31),
-            version=1,
-            codecs=route.codecs,
-        )
-        assert self.ua is not None
-        domain = route.from_domain or self.public_host
-        transport: TransportName = route.transport  # type: ignore[assignment]
-        host = await _resolve(route.host)
-        sip_call = await self.ua.originate(
-            target=f"sip:{request.to}@{route.host}:{route.port}",
-            peer=Peer(transport, host, route.port),
-            from_uri=f"sip:{request.caller_id}@{domain}",
-            offer=offer,
-            username=route.username,
-            password=route.password,
-        )
+        sip_call, stream, offer = await self.invite_via(route, request.to, request.caller_id)
         call = Call(
-            id=new_id(),
+            id=call_id or new_id(),
             tenant_id=request.tenant_id,
             direction="outbound",
             sip=sip_call,
@@ -719,6 +715,84 @@ class MediaNode:
         self._watch(call)
         asyncio.get_running_loop().create_task(self._follow_outbound(call, sip_call, offer))
         return call
+
+    async def outbound_route(
+        self, tenant_id: UUID, to: str, caller_id: str, trunk_id: UUID | None
+    ) -> OutboundRoute:
+        """The trunk a call from `caller_id` to `to` leaves by, once the caller ID is the
+        tenant's own and the destination policy allows the call."""
+        if not await self.directory.owns_number(tenant_id, caller_id):
+            raise CommandRefused(
+                "caller_id_not_owned", "the caller ID must be one of the tenant's numbers"
+            )
+        try:
+            check_destination(to, caller_id, self.config.outbound_policy)
+        except PolicyRefused as exc:
+            raise CommandRefused(exc.code, exc.message) from exc
+        route = await self.directory.outbound_route(tenant_id, caller_id, trunk_id)
+        if route is None:
+            raise CommandRefused("no_trunk", "no trunk can carry this call")
+        return route
+
+    async def invite_via(
+        self,
+        route: OutboundRoute,
+        to: str,
+        caller_id: str,
+        *,
+        codecs: Sequence[str] | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> tuple[OutboundCall, RtpStream, sdp.SessionDescription]:
+        """INVITE `to` through `route`'s trunk (see `invite`)."""
+        transport: TransportName = route.transport  # type: ignore[assignment]
+        host = await _resolve(route.host)
+        return await self.invite(
+            target=f"sip:{to}@{route.host}:{route.port}",
+            peer=Peer(transport, host, route.port),
+            from_uri=f"sip:{caller_id}@{route.from_domain or self.public_host}",
+            codecs=codecs or route.codecs,
+            username=route.username,
+            password=route.password,
+            headers=headers,
+        )
+
+    async def invite(
+        self,
+        *,
+        target: str,
+        peer: Peer,
+        from_uri: str,
+        codecs: Sequence[str],
+        username: str | None = None,
+        password: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> tuple[OutboundCall, RtpStream, sdp.SessionDescription]:
+        """Open an RTP stream and send an INVITE offering it; returns once the INVITE is out."""
+        assert self.ua is not None
+        stream = await RtpStream.open(
+            self.config.rtp_host, self.ports, public_host=self.public_host
+        )
+        try:
+            offer = sdp.make_offer(
+                address=self.public_host,
+                port=stream.local_port,
+                session_id=secrets.randbits(31),
+                version=1,
+                codecs=codecs,
+            )
+            sip_call = await self.ua.originate(
+                target=target,
+                peer=peer,
+                from_uri=from_uri,
+                offer=offer,
+                username=username,
+                password=password,
+                headers=headers,
+            )
+        except BaseException:
+            await stream.close()
+            raise
+        return sip_call, stream, offer
 
     async def _follow_outbound(
         self, call: Call, sip_call: OutboundCall, offer: sdp.SessionDescription
@@ -790,6 +864,8 @@ class MediaNode:
             call = self._call(play.tenant_id, play.call_id)
             await self._play(call, play)
             return {}
+        if verb in self.queues.verbs:
+            return await self.queues.command(verb, payload)
         if verb == "collect":
             collect = msgspec.json.decode(payload, type=CollectCommand)
             call = self._call(collect.tenant_id, collect.call_id)
@@ -844,6 +920,11 @@ class MediaNode:
             call.playing.cancel()
         call.playing = asyncio.create_task(self.player.play(call.stream, audio, loop=play.loop))
 
+    async def recording_key(self, tenant_id: UUID) -> bytes:
+        if self._recording_key is None:
+            raise CommandRefused("recording_unavailable", "no recording key is configured")
+        return await self._recording_key(tenant_id)
+
     async def _record(self, call: Call, record: RecordCommand) -> dict[str, Any]:
         if not record.start:
             if call.recorder is None:
@@ -853,9 +934,7 @@ class MediaNode:
             return {"path": str(info.path), "duration_ms": info.duration_ms}
         if call.recorder is not None:
             raise CommandRefused("already_recording", "the call is already being recorded")
-        if self._recording_key is None:
-            raise CommandRefused("recording_unavailable", "no recording key is configured")
-        key = await self._recording_key(call.tenant_id)
+        key = await self.recording_key(call.tenant_id)
         folder = self.config.recordings_dir / str(call.tenant_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{call.id}.sbrec"

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 import msgspec
@@ -44,6 +44,8 @@ from routing.acd import (
     OverflowSpec,
     PresenceRefused,
     QueueSpec,
+    Strategy,
+    UnknownQueue,
 )
 from routing.events import AgentStateChanged, QueueLive
 from tenancy.acd import AcdCatalog, AcdQueue
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 PROCESSED_MEMORY = 5000
 """How many absorbed event ids each tenant remembers, to skip redeliveries."""
 DEFAULT_OFFER_TIMEOUT = 20.0
+NO_SUCH_QUEUE = "We are sorry, this line cannot take your call right now. Please call again later."
 
 CALL_VERBS = frozenset(
     {
@@ -66,6 +69,20 @@ CALL_VERBS = frozenset(
     }
 )
 CATALOG_RESOURCES = frozenset({"queue", "skill", "seat", "agent", "user"})
+
+
+_OFFER_REFUSALS: dict[str, str | None] = {
+    # The node has this offer already (a re-sent offer after a restart) or the call was
+    # answered meanwhile: its events tell the rest.
+    "already_offered": None,
+    "already_answered": None,
+    # The caller is gone (or leaving the queue), or their node is: not the agent's fault.
+    "call_not_found": "caller_gone",
+    "not_queued": "caller_gone",
+    "overflowing": "caller_gone",
+    "node_unreachable": "caller_gone",
+}
+"""How the router reads a node's refusal of an offer; anything else is the device's problem."""
 
 
 def partition_of(tenant_id: UUID, partitions: int) -> int:
@@ -167,7 +184,7 @@ def queue_spec(queue: AcdQueue, *, offer_timeout: float = DEFAULT_OFFER_TIMEOUT)
     overflow = queue.overflow
     return QueueSpec(
         queue_id=queue.queue_id,
-        strategy=queue.strategy,
+        strategy=cast(Strategy, queue.strategy),
         priority=queue.priority,
         required_skills=dict(queue.required_skills),
         max_wait_seconds=float(queue.max_wait_seconds),
@@ -250,12 +267,14 @@ class Router:
         return desk
 
     async def _refresh_catalog(self, desk: Desk) -> list[Decision]:
-catalog = await self._catalog(desk.tenant_id)
+        catalog = await self._catalog(desk.tenant_id)
         now = self._clock()
         decisions: list[Decision] = []
         known_queues = {queue.queue_id for queue in catalog.queues}
         for queue in catalog.queues:
-            desk.acd.configure_queue(queue_spec(queue, offer_timeout=self._offer_timeout))
+            decisions += desk.acd.configure_queue(
+                queue_spec(queue, offer_timeout=self._offer_timeout), now
+            )
         for queue_id in desk.acd.queue_ids():
             if queue_id not in known_queues:
                 decisions += desk.acd.remove_queue(queue_id, now)
@@ -304,18 +323,33 @@ catalog = await self._catalog(desk.tenant_id)
         decisions: list[Decision]
         match kind:
             case "call.queued":
-                decisions = acd.enqueue(
-                    CallSpec(
-                        call_id=event.call_id,
-                        queue_id=event.queue_id,
-                        priority=event.priority,
-                        skills={name.lower(): level for name, level in event.skills.items()},
-                        node_id=event.node_id,
-                        from_number=event.from_number,
-                        to_number=event.to_number,
-                    ),
-                    now,
+                call = CallSpec(
+                    call_id=event.call_id,
+                    queue_id=event.queue_id,
+                    priority=event.priority,
+                    skills={name.lower(): level for name, level in event.skills.items()},
+                    node_id=event.node_id,
+                    from_number=event.from_number,
+                    to_number=event.to_number,
                 )
+                try:
+                    decisions = acd.enqueue(call, now)
+                except UnknownQueue:
+                    # Created since we last read the catalog, or deleted: read it again.
+                    decisions = await self._refresh_catalog(desk)
+                    try:
+                        decisions += acd.enqueue(call, now)
+                    except UnknownQueue:
+                        log.warning("call %s queued to unknown queue %s", call.call_id,
+                                    call.queue_id)
+                        decisions.append(
+                            Overflow(
+                                call_id=call.call_id,
+                                queue_id=call.queue_id,
+                                node_id=call.node_id,
+                                spec=OverflowSpec(action="hangup", message=NO_SUCH_QUEUE),
+                            )
+                        )
             case "call.offer_ringing":
                 decisions = acd.offer_ringing(event.call_id, event.agent_id, now)
             case "call.offer_answered":
@@ -323,7 +357,7 @@ catalog = await self._catalog(desk.tenant_id)
             case "call.offer_failed":
                 decisions = acd.offer_failed(event.call_id, event.agent_id, event.reason, now)
             case "call.ended":
-                decisions = acd.call_ended(event.call_id, now)
+                decisions = acd.call_ended(event.call_id, now, event.agent_id)
             case "call.callback_requested":
                 decisions = acd.callback_requested(event.call_id, event.number, now)
             case "call.callback_failed":
@@ -436,12 +470,11 @@ catalog = await self._catalog(desk.tenant_id)
                         },
                     )
                 except CommandFailed as exc:
-                    reason = "caller_gone" if exc.code == "call_not_found" else "unreachable"
-                    log.warning(
-                        "offer of call %s to agent %s not sent: %s", decision.call_id, agent_id, exc
-                    )
-                    follow += desk.acd.offer_failed(decision.call_id, agent_id, reason, now)
-                    desk.dirty = True
+                    reason = _OFFER_REFUSALS.get(exc.code, "refused")
+                    log.info("offer of call %s to agent %s: %s", decision.call_id, agent_id, exc)
+                    if reason is not None:
+                        follow += desk.acd.offer_failed(decision.call_id, agent_id, reason, now)
+                        desk.dirty = True
             self._mark_live_queue(desk, decision.queue_id)
             return follow
         if isinstance(decision, DialBack):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -78,8 +79,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rtp_host: str = "127.0.0.1"
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
+    agent_device_networks: list[str] = []
+    """CIDRs where agents' SIP phones may be rung (`sip:` devices); none by default."""
     media_enabled: bool = True
     """Whether `switchboard dev` runs a media node too."""
+
+    # ACD router: tenants hash onto router_partitions partitions (the same number everywhere);
+    # each router instance holds leases (renewed every third of router_lease_seconds) on its
+    # share of them.
+    router_partitions: int = 4
+    router_lease_seconds: float = 6.0
+    router_offer_timeout_seconds: float = 20.0
+    router_enabled: bool = True
+    """Whether `switchboard dev` runs a router too."""
+    router_namespace: str = ""
+    """Keeps router fleets that share one NATS apart (their leases, consumers, state, subjects):
+    letters, digits, '_' and '-'."""
 
     data_dir: str = ".switchboard"
     node_id: str = "node-1"
@@ -100,6 +115,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ("tenant_burst", self.tenant_burst >= 1, "must be >= 1"),
             ("events_stream_replicas", self.events_stream_replicas in (1, 3, 5), "1, 3 or 5"),
             ("sip_port", 0 <= self.sip_port <= 65535, "must be a UDP/TCP port (0-65535)"),
+            ("router_partitions", 1 <= self.router_partitions <= 1024, "must be 1..1024"),
+            (
+                "router_namespace",
+                re.fullmatch(r"[A-Za-z0-9_-]{0,32}", self.router_namespace) is not None,
+                "up to 32 letters, digits, '_' or '-'",
+            ),
+            ("router_lease_seconds", 1.0 <= self.router_lease_seconds <= 300, "1..300"),
+            (
+                "router_offer_timeout_seconds",
+                5.0 <= self.router_offer_timeout_seconds <= 120,
+                "5..120",
+            ),
             ("sip_tls_port", 0 <= self.sip_tls_port <= 65535, "must be a TCP port (0-65535)"),
             (
                 "sip_transports",
@@ -124,6 +151,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 self.sip_digest_algorithm in ("SHA-256", "MD5"),
                 "SHA-256 or MD5",
             ),
+            (
+                "agent_device_networks",
+                all(_is_network(n) for n in self.agent_device_networks),
+                "a list of networks in CIDR notation, e.g. 10.20.0.0/16",
+            ),
             ("log_format", self.log_format in ("json", "text"), "json or text"),
             ("log_level", self.log_level.upper() in _LEVELS, "DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -146,6 +178,14 @@ _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 _FIELDS = set(Settings.__struct_fields__)
 
 
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _b64_or_hex(value: str) -> bytes:
     import base64
     import binascii
@@ -165,7 +205,7 @@ def _env_name(field: str) -> str:
 
 
 def _parse_env_value(field: str, raw: str) -> Any:
-    if field in ("trusted_proxies", "sip_transports"):
+    if field in ("trusted_proxies", "sip_transports", "agent_device_networks"):
         return [p.strip() for p in raw.split(",") if p.strip()]
     return raw
 

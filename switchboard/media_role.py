@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import ssl
@@ -64,6 +65,9 @@ def node_config(settings: Settings, **overrides: object) -> NodeConfig:
         "source_rate": settings.sip_source_rate,
         "source_burst": settings.sip_source_burst,
         "recordings_dir": Path(settings.data_dir) / "recordings",
+        "agent_device_networks": tuple(
+            ipaddress.ip_network(n, strict=False) for n in settings.agent_device_networks
+        ),
     }
     values.update(overrides)
     return NodeConfig(**values)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -114,7 +115,11 @@ class QueueCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _agent_json(view: AgentView) -> dict[str, Any]:
-    return msgspec.to_builtins(view)  # type: ignore[no-any-return]
+    raw: dict[str, Any] = msgspec.to_builtins(view)
+    for name in ("since", "idle_since", "wrap_up_until"):
+        if raw.get(name) is not None:
+            raw[name] = datetime.fromtimestamp(raw[name], UTC).isoformat()
+    return raw
 
 
 def _queue_json(view: QueueView) -> dict[str, Any]:
@@ -128,6 +133,7 @@ class _Partition:
     task: asyncio.Task[None] | None = None
     commands: CommandService | None = None
     tenants: set[UUID] = field(default_factory=set)
+    stopping: bool = False
 
 
 class RouterNode:
@@ -200,10 +206,7 @@ class RouterNode:
         once; without, they age out (as when a router dies)."""
         self._stop.set()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel(task)
         for part in self._parts.values():
             await self._stop_partition(part)
             if release:
@@ -287,10 +290,10 @@ class RouterNode:
             await part.commands.close()
             part.commands = None
         if part.task is not None:
-            part.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await part.task
+            part.stopping = True
+            await _cancel(part.task)
             part.task = None
+            part.stopping = False
         if self.router is not None:
             self.router.drop(part.tenants)
         part.tenants.clear()
@@ -300,7 +303,7 @@ class RouterNode:
             durable=self._durable(part.number), stream=EVENTS_STREAM
         )
         try:
-            while True:
+            while not part.stopping:
                 try:
                     msgs = await sub.fetch(BATCH, timeout=0.5)
                 except TimeoutError:
@@ -470,6 +473,16 @@ class RouterNode:
         if part is None or not part.lease.held:
             raise PresenceRefused("not_owner", "this router does not serve that tenant now")
         part.tenants.add(tenant_id)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel and wait. On Python 3.11 a cancellation that lands while nats-py's fetch is inside
+    asyncio.wait_for can be swallowed, so cancel again until the task has really ended."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s had failed", task.get_name(), exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager

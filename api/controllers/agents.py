@@ -44,15 +44,33 @@ class AgentPresence(msgspec.Struct, kw_only=True):
     call_id: UUID | None = None
     pending: str | None = None
     """A state the agent asked for while busy, applied after wrap-up."""
+    pending_reason: str | None = None
     calls_handled: int = 0
+    """Calls answered since the router started serving the tenant."""
+    wrap_up_until: datetime | None = None
+    device: str | None = None
 
 
 class QueueLiveView(msgspec.Struct, kw_only=True):
     queue_id: UUID
     waiting: int
+    """Calls holding a place, callbacks included."""
+    callbacks: int = 0
+    offered: int = 0
+    """Calls ringing an agent now."""
     longest_wait_seconds: float
     agents: dict[str, int]
+    """Member agents by state."""
+    staffed: int = 0
     ewt_seconds: float | None = None
+    """Estimated wait for a call arriving now."""
+    aht_seconds: float | None = None
+    arrivals_per_hour: float | None = None
+    answered: int = 0
+    """Since the router began serving the tenant (reports give exact intervals)."""
+    answered_within_service_level: int = 0
+    abandoned: int = 0
+    overflowed: int = 0
 
 
 def _client(request: AnyRequest) -> RouterClient:
