@@ -31,6 +31,7 @@ from api.controllers.tenant import (
     UserController,
 )
 from api.controllers.trunks import TrunkController
+from api.controllers.voicemail import IntegrationController, VoicemailController
 from api.problems import PROBLEM_JSON, Problem, handle_exception
 from api.ratelimit import retry_after_header
 
@@ -139,6 +140,8 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             QueueController,
             SsoController,
             SsoSignInController,
+            VoicemailController,
+            IntegrationController,
             PagesController,
         ],
         state=State({"deps": deps}),

@@ -8,7 +8,9 @@ import re
 from collections.abc import Iterable
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-_SIP = re.compile(r"sip:(?P<user>[A-Za-z0-9_.!~*'()&=+$,;?/-]{1,64})@(?P<host>[^:;>\s]+)(?::(?P<port>[0-9]{1,5}))?")
+_SIP = re.compile(
+    r"sip:(?P<user>[A-Za-z0-9_.!~*'()&=+$,;?/-]{1,64})@(?P<host>[^:;>\s]+)(?::(?P<port>[0-9]{1,5}))?"
+)
 
 
 class DeviceRejected(ValueError):

@@ -340,8 +340,9 @@ class Router:
                     try:
                         decisions += acd.enqueue(call, now)
                     except UnknownQueue:
-                        log.warning("call %s queued to unknown queue %s", call.call_id,
-                                    call.queue_id)
+                        log.warning(
+                            "call %s queued to unknown queue %s", call.call_id, call.queue_id
+                        )
                         decisions.append(
                             Overflow(
                                 call_id=call.call_id,

@@ -97,7 +97,9 @@ async def media_node(
     """A started media node with its commands, heartbeats and cache invalidation; stopped
     (every call hung up with cause "shutdown", events flushed) on exit."""
     vault = Vault(settings.master_key_bytes)
-    directory = CatalogDirectory(pool, vault, settings.master_key_bytes)
+    directory = CatalogDirectory(
+        pool, vault, settings.master_key_bytes, allow_private_lookups=settings.test_mode
+    )
     publisher = EventPublisher(bus, call_events.codec)
     publisher.start()
     node = MediaNode(
@@ -123,10 +125,19 @@ async def media_node(
     async def on_prompt_change(_subject: str, _payload: bytes) -> None:
         directory.forget_prompts()
 
+    async def on_contact_change(_subject: str, _payload: bytes) -> None:
+        directory.forget_contacts()
+
+    async def on_queue_change(_subject: str, _payload: bytes) -> None:
+        directory.forget_queues()
+
     services: list[CommandService] = [await serve_commands(bus, prefix + "*", on_command)]
     for subject in _CATALOG_SUBJECTS:
         services.append(await subscribe_notices(bus, subject, on_catalog_change))
     services.append(await subscribe_notices(bus, "tenant.*.prompt.>", on_prompt_change))
+    for subject in ("tenant.*.contact.>", "tenant.*.contacts.>"):
+        services.append(await subscribe_notices(bus, subject, on_contact_change))
+    services.append(await subscribe_notices(bus, "tenant.*.queue.>", on_queue_change))
 
     async def beat() -> None:
         while True:
@@ -150,3 +161,4 @@ async def media_node(
             await service.close()
         await node.stop("shutdown")
         await publisher.close()
+        await directory.aclose()

@@ -24,6 +24,7 @@ from api.app import create_app
 from api.context import ApiDeps
 from bus.connection import Bus, connect, ensure_events_stream
 from bus.outbox import OutboxRelay
+from routing.client import RouterClient
 from runtime.db import create_pool, platform_tx
 from runtime.embedded import EmbeddedNats, EmbeddedPostgres
 from runtime.logs import setup_logging
@@ -31,7 +32,6 @@ from runtime.mail import ConsoleTransport, MailRelay, MailTransport, SmtpTranspo
 from runtime.migrate import APP_ROLE, migrate
 from runtime.settings import Settings
 from runtime.telemetry import setup_tracing, shutdown_tracing
-from routing.client import RouterClient
 from switchboard.media_role import media_node
 from switchboard.router_role import router_node
 from tenancy.auth import Authenticator

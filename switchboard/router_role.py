@@ -10,8 +10,8 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -29,8 +29,8 @@ from bus.publisher import EventPublisher
 from bus.requests import CommandService, NoResponder, send_command, serve_commands
 from media import events as call_events
 from routing.acd import AgentView, PresenceRefused, QueueView
-from routing.events import live_codec
 from routing.client import router_subject
+from routing.events import live_codec
 from routing.router import (
     CALL_VERBS,
     CATALOG_RESOURCES,
@@ -280,7 +280,8 @@ class RouterNode:
     async def _start_partition(self, part: _Partition) -> None:
         log.info("router %s serves partition %d", self.instance_id, part.number)
         part.commands = await serve_commands(
-            self.bus, f"{router_subject(self.settings.router_namespace, part.number)}.*",
+            self.bus,
+            f"{router_subject(self.settings.router_namespace, part.number)}.*",
             self._on_command,
         )
         part.task = asyncio.create_task(self._consume(part), name=f"router-p{part.number}")
@@ -368,8 +369,9 @@ class RouterNode:
             await router.save()
         except (KvError, BusError) as exc:
             # Nothing acknowledged: the events come again and are absorbed onto saved state.
-            log.warning("partition %d: state not saved, events will be redelivered: %r",
-                        part.number, exc)
+            log.warning(
+                "partition %d: state not saved, events will be redelivered: %r", part.number, exc
+            )
             for desk, _ in plan:
                 router.drop([desk.tenant_id])
             for msg, _ in settle:

@@ -1,5 +1,6 @@
 """The catalog as a media node sees it: which trunks may send calls, which tenant a dialed
-number belongs to, and the secrets and audio a call needs. Read-only.
+number belongs to, and the secrets, audio and contacts a call needs. Read-only, except that a
+tenant's owners may read the secret that signs its flows' HTTP lookups.
 
 A call reaches a tenant only through a trunk the node has authenticated (by source network or
 digest) and a number that trunk serves; that is the authenticated subject this module mints a
@@ -8,6 +9,7 @@ TenantId from.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -16,7 +18,10 @@ from uuid import UUID
 import asyncpg
 
 from runtime.db import platform_tx, tenant_tx
-from tenancy.models import TenantId
+from tenancy.contacts.models import Contact
+from tenancy.contacts.service import lookup as lookup_contact
+from tenancy.models import Origin, Subject, TenantId
+from tenancy.service import audit_by, require
 from tenancy.trunks.platform import load_platform_for_media
 from tenancy.trunks.service import load_for_media
 from tenancy.vault import Vault
@@ -146,15 +151,63 @@ async def recording_key(conn: asyncpg.Connection, vault: Vault, tenant_id: Tenan
     return hmac.new(data_key, b"switchboard recording key v1", hashlib.sha256).digest()
 
 
+async def hold_music_prompt(
+    conn: asyncpg.Connection, tenant_id: TenantId, queue_id: UUID
+) -> UUID | None:
+    """The prompt the queue plays to waiting callers, if it has its own."""
+    value = await conn.fetchval(
+        "select hold_music_prompt_id from queues where tenant_id = $1 and id = $2",
+        tenant_id,
+        queue_id,
+    )
+    return value if isinstance(value, UUID) else None
+
+
+async def caller_contact(
+    conn: asyncpg.Connection, tenant_id: TenantId, e164: str
+) -> Contact | None:
+    """The tenant's contact calling from `e164`."""
+    return await lookup_contact(conn, tenant_id, e164)
+
+
+LOOKUP_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+"""Standard Webhooks' spelling of a signing secret: the prefix, then the key in base64."""
+
+
+async def lookup_secret(conn: asyncpg.Connection, vault: Vault, tenant_id: TenantId) -> bytes:
+    """The key that signs the tenant's HTTP lookups, derived from its data key: stable, and
+    never stored on its own."""
+    data_key = await vault.data_key(conn, tenant_id)
+    return hmac.new(data_key, b"switchboard http lookup secret v1", hashlib.sha256).digest()
+
+
+async def reveal_lookup_secret(
+    conn: asyncpg.Connection, subject: Subject, origin: Origin, vault: Vault
+) -> str:
+    """The lookup signing secret as the tenant's endpoint needs it (`whsec_<base64>`), for the
+    tenant's owners and admins; every reveal is audited."""
+    require(subject, "tenant:write")
+    secret = await lookup_secret(conn, vault, subject.tenant_id)
+    await audit_by(
+        conn, subject, origin, "integration.lookup_secret_revealed", "tenant", subject.tenant_id
+    )
+    return LOOKUP_SECRET_PREFIX + base64.b64encode(secret).decode()
+
+
 __all__ = [
+    "LOOKUP_SECRET_PREFIX",
     "NumberOwner",
     "TrunkRecogniser",
+    "caller_contact",
+    "hold_music_prompt",
     "load_for_media",
     "load_platform_for_media",
+    "lookup_secret",
     "number_owner",
     "owns_number",
     "prompt_audio",
     "published_flow",
     "recording_key",
+    "reveal_lookup_secret",
     "trunk_recognisers",
 ]

@@ -136,9 +136,7 @@ class AgentPresenceController(TenantScoped):
         device = None
         if data.device is not None:
             try:
-                device = check_device(
-                    data.device, deps_of(request).settings.agent_device_networks
-                )
+                device = check_device(data.device, deps_of(request).settings.agent_device_networks)
             except DeviceRejected as exc:
                 raise ApiError(422, "invalid-device", "Invalid device", str(exc)) from exc
         agent = await _ask(

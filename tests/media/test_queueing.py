@@ -170,7 +170,7 @@ class Scene:
         return asyncio.create_task(
             run_sipp(
                 f"127.0.0.1:{self.node.sip_ports['udp']}",
-                scenario(name, self.tmp, MEDIA=media),
+                scenario(name, self.tmp, MEDIA=media, CALLER=CALLER),
                 self.tmp,
                 service=NUMBER.lstrip("+"),
                 media_port=port or media_port(),

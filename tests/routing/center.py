@@ -63,8 +63,11 @@ async def add_agents(api: Api, center: Center, count: int, *, start: int = 0) ->
 async def add_queue(api: Api, center: Center, name: str, members: list[Agent], **spec: Any) -> Any:
     c = api.client
     queue = await ok(
-        c.post("/v1/queues", json={"name": name, "strategy": "longest_idle", **spec},
-               headers=center.auth)
+        c.post(
+            "/v1/queues",
+            json={"name": name, "strategy": "longest_idle", **spec},
+            headers=center.auth,
+        )
     )
     await ok(
         c.put(
@@ -97,7 +100,9 @@ async def running_router(
     api: Api, *, release: bool = True, instance_id: str | None = None
 ) -> AsyncIterator[RouterNode]:
     node = RouterNode(
-        api.settings, api.resources.pool, api.resources.bus,
+        api.settings,
+        api.resources.pool,
+        api.resources.bus,
         instance_id=instance_id or f"router-{secrets.token_hex(3)}",
     )
     await node.start()

@@ -80,9 +80,7 @@ async def test_agents_go_available_and_away_and_supervisors_see_it_live(api: Api
         assert r.json()["code"] == "invalid-device"
         r = await _presence(api, one.id, {"state": "available", "device": "tel:123"}, one.auth)
         assert r.status_code == 422
-        r = await _presence(
-            api, one.id, {"state": "available", "reason": "lunch"}, one.auth
-        )
+        r = await _presence(api, one.id, {"state": "available", "reason": "lunch"}, one.auth)
         assert r.status_code == 422
         available = await ok(
             _presence(
@@ -111,9 +109,7 @@ async def test_agents_go_available_and_away_and_supervisors_see_it_live(api: Api
         states = {a["agent_id"]: (a["state"], a["reason"]) for a in everyone}
         assert states == {one.id: ("available", None), two.id: ("away", "break")}
 
-        live = await ok(
-            api.client.get(f"/v1/queues/{queue['id']}/live", headers=center.auth), 200
-        )
+        live = await ok(api.client.get(f"/v1/queues/{queue['id']}/live", headers=center.auth), 200)
         assert live["waiting"] == 0
         assert {state: n for state, n in live["agents"].items() if n} == {
             "available": 1,
@@ -149,9 +145,7 @@ async def test_presence_survives_a_router_crash_and_the_next_router_takes_over(
     async with running_router(api, release=False) as first:
         assert first.owned == list(range(api.settings.router_partitions))
         before = await ok(
-            _presence(
-                api, one.id, {"state": "available", "device": "+12125550123"}, one.auth
-            ),
+            _presence(api, one.id, {"state": "available", "device": "+12125550123"}, one.auth),
             200,
         )
         await ok(_presence(api, two.id, {"state": "away", "reason": "lunch"}, two.auth), 200)
@@ -175,9 +169,7 @@ async def test_two_routers_split_the_partitions_and_either_can_be_asked(api: Api
     async with running_router(api) as first, running_router(api) as second:
         async with asyncio.timeout(15):
             while not (
-                first.owned
-                and second.owned
-                and len(first.owned) + len(second.owned) == partitions
+                first.owned and second.owned and len(first.owned) + len(second.owned) == partitions
             ):
                 await asyncio.sleep(0.2)
         assert not set(first.owned) & set(second.owned)
