@@ -163,12 +163,19 @@ class CallControl:
         priority: int,
         skills: dict[str, int],
         attributes: dict[str, str],
+        context: dict[str, Any] | None = None,
     ) -> None:
         """Put the caller in a queue: hold music, call.queued, and the call stays up when the
-        script returns (the router drives it from then on). Returns at once."""
+        script returns (the router drives it from then on). Returns at once. `context` (the
+        contact record, lookup answers) travels with the call for the agent's screen pop."""
         await self.answer()
         await self._node.queues.enqueue(
-            self._call, queue_id, priority=priority, skills=skills, attributes=attributes
+            self._call,
+            queue_id,
+            priority=priority,
+            skills=skills,
+            attributes=attributes,
+            context=context,
         )
 
     async def record_message(

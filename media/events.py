@@ -7,7 +7,7 @@ credentials. `call.ended` carries the whole timeline so a CDR can be written fro
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 from bus.events import Event, EventCodec
@@ -104,6 +104,9 @@ class CallQueued(_CallEvent, frozen=True, kw_only=True, tag="call.queued"):
     priority: int
     skills: dict[str, int]
     attributes: dict[str, str]
+    context: dict[str, Any] = {}
+    """What the flow learned for the agent's screen pop: the caller's contact record under
+    "contact", HTTP lookup answers under their `store_as` names."""
     from_number: str
     to_number: str
     callback_number: str | None = None

@@ -236,6 +236,7 @@ class Queues:
         priority: int,
         skills: dict[str, int],
         attributes: dict[str, str],
+        context: dict[str, Any] | None = None,
     ) -> None:
         if not 0 <= priority <= 10:
             raise ValueError(f"a call's priority is 0-10, not {priority}")
@@ -261,6 +262,7 @@ class Queues:
                 priority=priority,
                 skills=dict(skills),
                 attributes=dict(attributes),
+                context=dict(context or {}),
                 from_number=call.from_number,
                 to_number=call.to_number,
             )

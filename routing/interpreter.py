@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 from datetime import UTC, datetime
-from typing import Final, Protocol, assert_never
+from typing import Any, Final, Protocol, assert_never
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
@@ -116,6 +116,7 @@ class Caller(Protocol):
         priority: int,
         skills: dict[str, int],
         attributes: dict[str, str],
+        context: dict[str, Any] | None = None,
     ) -> None:
         """Hand the call to a queue; it stays up (hold music) when the script returns."""
         ...
@@ -441,7 +442,14 @@ class FlowRun:
         priority = node.priority if node.priority is not None else _priority(call.variables)
         skills = _skills(call.variables)
         attributes = {k: v for k, v in call.variables.items() if isinstance(v, str)}
-        await call.enqueue(node.queue_id, priority=priority, skills=skills, attributes=attributes)
+        context = {k: v for k, v in call.variables.items() if isinstance(v, dict) and k != "skills"}
+        await call.enqueue(
+            node.queue_id,
+            priority=priority,
+            skills=skills,
+            attributes=attributes,
+            context=context,
+        )
         self._report(
             node_id, node, "queued", {"queue_id": str(node.queue_id), "priority": str(priority)}
         )

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,10 @@ class Desk:
         self.dirty = True
 
     def dump(self) -> bytes:
+        """The desk as one KV value: msgpack, deflated (UUIDs and ids repeat a lot)."""
+        return zlib.compress(self._encode(), 1)
+
+    def _encode(self) -> bytes:
         return msgspec.msgpack.encode(
             _Saved(
                 core=self.acd.snapshot(),
@@ -166,7 +171,7 @@ class Desk:
 
     @classmethod
     def load(cls, tenant_id: UUID, data: bytes) -> Desk:
-        saved = msgspec.msgpack.decode(data, type=_Saved)
+        saved = msgspec.msgpack.decode(zlib.decompress(data), type=_Saved)
         desk = cls(
             tenant_id=tenant_id,
             acd=Acd.restore(saved.core),

@@ -258,6 +258,8 @@ async def run_router(settings: Settings) -> None:
     _stop_on_signals(stop)
     async with open_resources(settings, role="router") as res:
         async with router_node(settings, res.pool, res.bus) as node:
+            # As for media nodes: what start-up built lives as long as the process.
+            gc.freeze()
             log.info("router %s serving partitions %s", node.instance_id, node.owned)
             await stop.wait()
         await _finish(res)

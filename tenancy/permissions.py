@@ -19,10 +19,11 @@ RESOURCES = (
     "contacts",
     "trunks",
     "presence",
+    "voicemails",
 )
 _CONTACT_CENTER = frozenset(
     f"{r}:{a}"
-    for r in ("seats", "skills", "queues", "flows", "prompts", "contacts", "presence")
+    for r in ("seats", "skills", "queues", "flows", "prompts", "contacts", "presence", "voicemails")
     for a in ("read", "write")
 )
 ALL_PERMISSIONS: frozenset[str] = frozenset(

@@ -20,8 +20,8 @@ from tenancy.voicemail import events as ev
 from tenancy.voicemail import repository as repo
 from tenancy.voicemail.models import MAX_MAILBOX, Voicemail, VoicemailQuery
 
-VOICEMAIL_READ = "queues:write"
-VOICEMAIL_WRITE = "queues:write"
+VOICEMAIL_READ = "voicemails:read"
+VOICEMAIL_WRITE = "voicemails:write"
 """Callers' messages are for the people who run the queues (owners, admins, supervisors), not
 for everyone who may look at a queue's settings."""
 ANONYMOUS = "anonymous"

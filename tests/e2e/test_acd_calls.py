@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import re
 import secrets
 import time
@@ -464,6 +465,7 @@ async def test_callers_waiting_through_a_router_crash_are_each_answered_once(
         answered_before = len(floor.timeline.of("call.offer_answered"))
         await floor.timeline.wait("call.offer_answered", answered_before + 1, timeout=20)
         resumed = time.monotonic() - crashed
+        logging.getLogger(__name__).info("routing resumed %.2f s after the crash", resumed)
         await _both(callers)
         await finished(phones, floor.tmp, floor.devices_port)
         await floor.settled()

@@ -76,6 +76,8 @@ class ScriptedCall:
     variables: dict[str, object] = field(default_factory=dict)
     did: list[tuple[Any, ...]] = field(default_factory=list)
     steps: list[tuple[str, str, str | None, dict[str, str]]] = field(default_factory=list)
+    context: dict[str, Any] | None = None
+    """What the last `enqueue` sent along for the screen pop."""
 
     async def answer(self) -> None:
         self.did.append(("answer",))
@@ -123,8 +125,10 @@ class ScriptedCall:
         priority: int,
         skills: dict[str, int],
         attributes: dict[str, str],
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.did.append(("enqueue", queue_id, priority, skills, attributes))
+        self.context = context
 
     async def record_message(
         self, *, max_seconds: int = 120, beep: bool = True
@@ -414,6 +418,8 @@ async def test_a_vip_caller_gets_the_vip_priority_and_branch_and_a_screen_pop() 
         "blocked": False,
         "fields": {"tier": "gold"},
     }
+    # The contact travels with the queued call for the agent's screen pop.
+    assert call.context == {"contact": call.variables["contact"]}
     assert call.steps[0] == (
         "who",
         "contact_lookup",
