@@ -12,7 +12,7 @@ path to stream EVENTS) to the offer command arriving here: JetStream publish and
 router's pull consumer, the core's decision, the KV save of the tenant's state, and the NATS
 request to the node, all on loopback.
 
-    .venv/bin/python loadtests/router_bench.py [--calls 500] [--rates 50,100,200,400]
+    .venv/bin/python loadtests/router_bench.py [--calls 500] [--rates 50,100,200,300,400]
 
 (a) one call at a time: the next call is queued --gap-ms after the previous offer arrived;
 (b) steady arrivals stepping through --rates for --seconds each. A call counts as wait-free when
@@ -323,6 +323,8 @@ class Result:
     router_cpu: float
     """Share of one core the router used while the step ran."""
     nats_cpu: float
+    bench_cpu: float
+    """Share of one core this process (the node's side and the arrivals) used."""
     router_rss: float
 
     @property
@@ -339,9 +341,7 @@ def percentiles(values: list[float]) -> tuple[float, float, float, float] | None
     return cuts[49], cuts[89], cuts[98], ms[-1]
 
 
-def summarise(
-    name: str, rate: int | None, calls: list[Call], cpu: tuple[float, float, float], rss: float
-) -> Result:
+def summarise(name: str, rate: int | None, calls: list[Call], cpu: Cpu, rss: float) -> Result:
     offered = [c for c in calls if c.offered is not None]
     times = [c.offered for c in offered if c.offered is not None]
     return Result(
@@ -355,10 +355,15 @@ def summarise(
         wait_free_latencies=[
             c.offered - c.queued for c in offered if c.offered is not None and c.wait_free
         ],
-        router_cpu=cpu[0] / cpu[2] if cpu[2] > 0 else 0.0,
-        nats_cpu=cpu[1] / cpu[2] if cpu[2] > 0 else 0.0,
+        router_cpu=cpu[0] / cpu[3] if cpu[3] > 0 else 0.0,
+        nats_cpu=cpu[1] / cpu[3] if cpu[3] > 0 else 0.0,
+        bench_cpu=cpu[2] / cpu[3] if cpu[3] > 0 else 0.0,
         router_rss=rss,
     )
+
+
+Cpu = tuple[float, float, float, float]
+"""CPU seconds of the router, nats-server and this process, and the monotonic clock."""
 
 
 @dataclass
@@ -369,13 +374,18 @@ class Rig:
     nats_pid: int | None
     rng: random.Random
 
-    def cpu(self) -> tuple[float, float, float]:
+    def cpu(self) -> Cpu:
         nats = cpu_seconds(self.nats_pid) if self.nats_pid else 0.0
-        return cpu_seconds(self.router_pid), nats, time.monotonic()
+        return cpu_seconds(self.router_pid), nats, time.process_time(), time.monotonic()
 
-    def used(self, before: tuple[float, float, float]) -> tuple[float, float, float]:
+    def used(self, before: Cpu) -> Cpu:
         after = self.cpu()
-        return after[0] - before[0], after[1] - before[1], after[2] - before[2]
+        return (
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2],
+            after[3] - before[3],
+        )
 
     def pick_queue(self) -> uuid.UUID:
         return self.rng.choice(self.tenant.queues)
@@ -414,7 +424,7 @@ async def steady(rig: Rig, rate: int, seconds: float, drain: float) -> Result:
     await asyncio.wait(waiters, timeout=drain)
     used = rig.used(before)
     late = (time.perf_counter() - start) - seconds
-    result = summarise(f"{rate}/s", rate, calls, (used[0], used[1], used[2]), 0.0)
+    result = summarise(f"{rate}/s", rate, calls, used, 0.0)
     result.router_rss = rss_mb(rig.router_pid)
     if late > 1.0:
         print(f"  ({rate}/s: the last offers came {late:.1f} s after the last call was queued)")
@@ -444,14 +454,15 @@ def print_table(results: list[Result]) -> None:
     print(
         "| run | calls queued | offered | offers/s | wait-free | latency p50 / p90 / p99 / max ms "
         "| wait-free only: p50 / p90 / p99 / max ms | router CPU % of one core "
-        "| nats CPU % | router RSS MB |"
+        "| nats CPU % | bench CPU % | router RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r.name} | {r.sent} | {r.offered} | {r.offers_per_second:.0f} "
             f"| {r.wait_free} | {_cells(r.latencies)} | {_cells(r.wait_free_latencies)} "
-            f"| {100 * r.router_cpu:.0f} | {100 * r.nats_cpu:.0f} | {r.router_rss:.0f} |"
+            f"| {100 * r.router_cpu:.0f} | {100 * r.nats_cpu:.0f} | {100 * r.bench_cpu:.0f} "
+            f"| {r.router_rss:.0f} |"
         )
 
 
@@ -465,7 +476,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=500, help="calls one at a time")
     parser.add_argument("--gap-ms", type=float, default=10.0, help="pause between those calls")
     parser.add_argument("--warmup", type=int, default=50, help="calls before measuring")
-    parser.add_argument("--rates", default="50,100,200,400", help="calls/s steps, ascending")
+    parser.add_argument("--rates", default="50,100,200,300,400", help="calls/s steps, ascending")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each step")
     parser.add_argument("--talk-ms", type=float, default=50.0, help="how long each call talks")
     parser.add_argument("--drain", type=float, default=30.0, help="wait for late offers")
@@ -591,7 +602,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         idle_before = rig.cpu()
         await asyncio.sleep(3)
         idle = rig.used(idle_before)
-        idle_share = idle[0] / idle[2]
+        idle_share = idle[0] / idle[3]
         gap = args.gap_ms / 1000
         await one_at_a_time(rig, args.warmup, gap, "warm-up")
         await settle(node, 10)

@@ -50,6 +50,8 @@ LEASES_BUCKET = "ROUTER_LEASES"
 INSTANCES_BUCKET = "ROUTER_INSTANCES"
 STATE_BUCKET = "ACD_STATE"
 BATCH = 64
+_OWN_EVENTS = frozenset({("agent", "state"), ("queue", "live")})
+"""What routers publish themselves: acknowledged unread."""
 
 
 def _inputs_codec() -> EventCodec:
@@ -327,7 +329,7 @@ class RouterNode:
         if resource == "call":
             if verb not in CALL_VERBS:
                 return None
-        elif resource not in CATALOG_RESOURCES or (resource == "agent" and verb == "state"):
+        elif resource not in CATALOG_RESOURCES or (resource, verb) in _OWN_EVENTS:
             return None
         try:
             tenant_id = UUID(parts[1])
