@@ -308,7 +308,7 @@ async def test_supervisors_and_admins_handle_voicemail_but_agents_finance_and_de
     ]
     r = await c.post(
         "/v1/api-keys",
-        json={"name": "reader", "scopes": ["queues:read", "contacts:read"]},
+        json={"name": "reader", "scopes": ["queues:read", "queues:write", "contacts:read"]},
         headers=owner["auth"],
     )
     refused.append({"Authorization": f"Bearer {r.json()['secret']}"})
@@ -345,7 +345,9 @@ async def test_another_tenant_gets_404_for_a_voicemail_and_changes_nothing(
     voicemail_id, path, _ = await _leave(api, a["tenant_id"], tmp_path / "a")
     await _leave(api, b["tenant_id"], tmp_path / "b", mailbox="sales")
     r = await c.post(
-        "/v1/api-keys", json={"name": "b-ops", "scopes": ["queues:write"]}, headers=b["auth"]
+        "/v1/api-keys",
+        json={"name": "b-ops", "scopes": ["voicemails:read", "voicemails:write"]},
+        headers=b["auth"],
     )
     b_key = {"Authorization": f"Bearer {r.json()['secret']}"}
     before = await _snapshot(admin_conn)
