@@ -56,6 +56,14 @@ sys.path.insert(0, str(ROOT))
 from bus.connection import Bus, connect  # noqa: E402
 from bus.publisher import EventPublisher  # noqa: E402
 from bus.requests import CommandService, serve_commands  # noqa: E402
+from loadtests.processes import (  # noqa: E402
+    children_of,
+    cpu_seconds,
+    pin,
+    rss_mb,
+    stop_process,
+    tail,
+)
 from media import events as ev  # noqa: E402
 from routing.client import RouterClient, RouterRefused, RouterUnavailable  # noqa: E402
 from runtime.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
@@ -65,64 +73,7 @@ BIN = Path(sys.executable).parent
 NODE_ID = "bench-node"
 DATABASE = "bench"
 PARTITIONS = 4
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OK = b'{"ok":true}'
-
-
-# --- processes (as in sip_bench) ---------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process, all its threads, from /proc/<pid>/stat."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of pid (threads started later inherit it from theirs)."""
-    tasks = Path(f"/proc/{pid}/task")
-    for tid in (int(t.name) for t in tasks.iterdir()) if tasks.exists() else ():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.sched_setaffinity(tid, cpus)
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if raw[raw.rfind(")") + 2 :].split()[1] == str(pid):
-            found.append(int(entry.name))
-    return found
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --- provisioning ----------------------------------------------------------------------------

@@ -50,6 +50,14 @@ sys.path.insert(0, str(ROOT))
 
 from bus.connection import Bus, connect  # noqa: E402
 from bus.requests import NoResponder, send_command  # noqa: E402
+from loadtests.processes import (  # noqa: E402
+    children_of,
+    cpu_seconds,
+    pin,
+    rss_mb,
+    stop_process,
+    tail,
+)
 from runtime.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
 from runtime.migrate import APP_ROLE, migrate, replace_database  # noqa: E402
 
@@ -64,53 +72,16 @@ a BYE from the node crossing the caller's own is a failed call in SIPp's eyes.""
 # Below the kernel's ephemeral range (32768-60999), so RTP never races SIPp's or anyone's
 # outgoing sockets for a port.
 RTP_PORTS = (20000, 32767)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BUSIEST_WINDOW = 5.0
 
 
 # --- processes -----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process, all its threads, from /proc/<pid>/stat."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def children_cpu_seconds() -> float:
     """CPU of our reaped children so far: SIPp's, once its run has been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of pid (threads started later inherit it from theirs)."""
-    tasks = Path(f"/proc/{pid}/task")
-    for tid in (int(t.name) for t in tasks.iterdir()) if tasks.exists() else ():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.sched_setaffinity(tid, cpus)
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if raw[raw.rfind(")") + 2 :].split()[1] == str(pid):
-            found.append(int(entry.name))
-    return found
 
 
 def free_sip_port() -> int:
@@ -133,16 +104,6 @@ def free_udp_port() -> int:
         udp.bind(("127.0.0.1", 0))
         port: int = udp.getsockname()[1]
         return port
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 # --- provisioning ----------------------------------------------------------------------------
@@ -269,13 +230,6 @@ def wait_for_options(node: subprocess.Popen[bytes], port: int, log: Path, timeou
             if data.startswith(b"SIP/2.0 200"):
                 return
     raise SystemExit(f"the node did not answer OPTIONS within {timeout:.0f}s:\n{tail(log)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 async def settle(bus: Bus, seconds: float) -> tuple[int, int]:

@@ -452,13 +452,7 @@ class Queues:
 
     async def _talk(self, call: Call, leg: AgentLeg, bridge: Bridge) -> None:
         """Until either side hangs up; then the other is hung up too."""
-        caller_gone = asyncio.ensure_future(call.over.wait())
-        agent_gone = asyncio.ensure_future(leg.over.wait())
-        try:
-            await asyncio.wait({caller_gone, agent_gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            caller_gone.cancel()
-            agent_gone.cancel()
+        await _first_set(call.over, leg.over)
         bridge.stop()
         if not call.is_over:
             await self._node.hangup(call, "agent_hangup")
@@ -769,13 +763,7 @@ class Queues:
 
     async def _join(self, a: Call, b: Call, bridge: Bridge) -> None:
         """Two calls bridged until either hangs up; then the other is hung up too."""
-        a_over = asyncio.ensure_future(a.over.wait())
-        b_over = asyncio.ensure_future(b.over.wait())
-        try:
-            await asyncio.wait({a_over, b_over}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            a_over.cancel()
-            b_over.cancel()
+        await _first_set(a.over, b.over)
         bridge.stop()
         for call in (a, b):
             await self._node.hangup(call, "bridged_leg_ended")
@@ -933,6 +921,16 @@ async def _wait(call: Call, waiters: set[asyncio.Future[Any]], within: float | N
     finally:
         over.cancel()
     _check(call)
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    """Until any of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _connect(leg: AgentLeg, answer: sdp.SessionDescription) -> bool:

@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import logging
 import re
-import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ import pytest
 from runtime.embedded import free_port
 from switchboard.media_role import RunningNode
 from switchboard.router_role import RouterNode
-from tests.conftest import Api, MailCatcher, Services, running_api
+from tests.conftest import Api, MailCatcher, Services
 from tests.media.sipp import SippResult, run_sipp, scenario
 from tests.media.test_node import running_node
 from tests.media.test_queueing import (
@@ -35,7 +34,16 @@ from tests.media.test_queueing import (
     media_port,
     start_devices,
 )
-from tests.routing.center import Agent, Center, add_agents, ok, open_center, running_router
+from tests.routing.center import (
+    Agent,
+    Center,
+    add_agents,
+    add_queue,
+    ok,
+    open_center,
+    routing_api,
+    running_router,
+)
 
 SALES_NUMBER = "+12125550101"
 SUPPORT_NUMBER = "+12125550102"
@@ -51,16 +59,7 @@ after this long."""
 async def api(
     services: Services, database: str, smtp: tuple[MailCatcher, int]
 ) -> AsyncIterator[Api]:
-    mail, port = smtp
-    async with running_api(
-        services,
-        database,
-        mail,
-        port,
-        router_namespace=f"e{secrets.token_hex(4)}",
-        router_lease_seconds=2.0,
-        agent_device_networks=["127.0.0.0/8"],
-    ) as running:
+    async with routing_api(services, database, smtp) as running:
         yield running
 
 
@@ -150,27 +149,6 @@ async def _route(api: Api, center: Center, number: Any, name: str, document: Any
     )
 
 
-async def _queue(api: Api, center: Center, name: str, members: list[Agent], **spec: Any) -> Any:
-    c = api.client
-    queue = await ok(
-        c.post(
-            "/v1/queues",
-            json={"name": name, "strategy": "longest_idle", **spec},
-            headers=center.auth,
-        )
-    )
-    await ok(
-        c.put(
-            f"/v1/queues/{queue['id']}/members",
-            json={"members": [{"user_id": a.id, "priority": 5} for a in members]},
-            headers=center.auth,
-        ),
-        200,
-    )
-    center.queues[name] = queue
-    return queue
-
-
 @pytest.fixture
 async def floor(api: Api, admin_conn: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Floor]:
     customers = free_port()
@@ -247,8 +225,8 @@ async def test_fifty_callers_through_two_queues_each_reach_an_eligible_agent_onc
             ),
             200,
         )
-    sales = await _queue(api, center, "Sales", agents, wrap_up_seconds=0)
-    support = await _queue(
+    sales = await add_queue(api, center, "Sales", agents, wrap_up_seconds=0)
+    support = await add_queue(
         api,
         center,
         "Support",
@@ -339,7 +317,7 @@ async def test_a_caller_who_waits_too_long_leaves_a_voicemail_the_supervisor_can
 ) -> None:
     api, center = floor.api, floor.center
     agents = await add_agents(api, center, 1)
-    late = await _queue(
+    late = await add_queue(
         api,
         center,
         "Late",
@@ -377,7 +355,7 @@ async def test_a_caller_who_asks_for_a_callback_is_called_back_when_an_agent_is_
 ) -> None:
     api, center = floor.api, floor.center
     (agent,) = await add_agents(api, center, 1)
-    late = await _queue(
+    late = await add_queue(
         api,
         center,
         "Late",
@@ -435,7 +413,7 @@ async def test_callers_waiting_through_a_router_crash_are_each_answered_once(
 ) -> None:
     api, center = floor.api, floor.center
     agents = await add_agents(api, center, 3)
-    sales = await _queue(api, center, "Sales", agents, wrap_up_seconds=0)
+    sales = await add_queue(api, center, "Sales", agents, wrap_up_seconds=0)
     await _route(
         api,
         center,

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.settings import Settings
 from switchboard.router_role import RouterNode
-from tests.conftest import Api, MailCatcher
+from tests.conftest import Api, MailCatcher, Services, running_api
 
 
 async def ok(response: Any, status: int = 201) -> Any:
@@ -83,16 +82,26 @@ async def add_queue(api: Api, center: Center, name: str, members: list[Agent], *
 
 async def open_center(api: Api) -> Center:
     owner = await api.signup_verified("owner@acme.test", "Acme")
-    await api.resources.pool.execute("select 1")
     return Center(owner["tenant_id"], owner["auth"])
 
 
-def router_settings(api: Api, **overrides: Any) -> Settings:
-    import msgspec
-
-    values = msgspec.structs.asdict(api.settings)
-    values.update(overrides)
-    return Settings(**values)
+@contextlib.asynccontextmanager
+async def routing_api(
+    services: Services, database: str, smtp: tuple[MailCatcher, int]
+) -> AsyncIterator[Api]:
+    """The API, with routers of its own (a namespace no other test shares), short leases, and
+    agents' SIP phones allowed on loopback."""
+    mail, port = smtp
+    async with running_api(
+        services,
+        database,
+        mail,
+        port,
+        router_namespace=f"t{secrets.token_hex(4)}",
+        router_lease_seconds=2.0,
+        agent_device_networks=["127.0.0.0/8"],
+    ) as running:
+        yield running
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,6 @@ numbers, state kept across a router crash, and partitions moving between routers
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -13,24 +12,23 @@ import msgspec
 import pytest
 
 from bus.connection import EVENTS_STREAM
-from tests.conftest import Api, MailCatcher, Services, running_api
-from tests.routing.center import Center, add_agents, add_queue, ok, open_center, running_router
+from tests.conftest import Api, MailCatcher, Services
+from tests.routing.center import (
+    Center,
+    add_agents,
+    add_queue,
+    ok,
+    open_center,
+    routing_api,
+    running_router,
+)
 
 
 @pytest.fixture
 async def api(
     services: Services, database: str, smtp: tuple[MailCatcher, int]
 ) -> AsyncIterator[Api]:
-    mail, port = smtp
-    async with running_api(
-        services,
-        database,
-        mail,
-        port,
-        router_namespace=f"t{secrets.token_hex(4)}",
-        router_lease_seconds=2.0,
-        agent_device_networks=["127.0.0.0/8"],
-    ) as running:
+    async with routing_api(services, database, smtp) as running:
         yield running
 
 
@@ -180,3 +178,38 @@ async def test_two_routers_split_the_partitions_and_either_can_be_asked(api: Api
             200,
         )
         assert answer["state"] == "available"
+
+
+async def test_malformed_and_unknown_router_commands_are_refused_and_change_nothing(
+    api: Api,
+) -> None:
+    from bus.requests import send_command
+    from routing.client import router_subject
+    from routing.router import partition_of
+
+    center = await _center(api)
+    one = center.agents[0]
+    tenant = UUID(center.tenant_id)
+    subject = router_subject(
+        api.settings.router_namespace, partition_of(tenant, api.settings.router_partitions)
+    )
+    bus = api.resources.bus
+    async with running_router(api):
+        before = await ok(api.client.get("/v1/agents/presence", headers=center.auth), 200)
+        for verb, payload in [
+            ("presence", b"not json"),
+            ("presence", msgspec.json.encode({"tenant_id": str(tenant), "state": "available"})),
+            (
+                "presence",
+                msgspec.json.encode(
+                    {"tenant_id": str(tenant), "agent_id": one.id, "state": "available", "extra": 1}
+                ),
+            ),
+            ("dance", msgspec.json.encode({"tenant_id": str(tenant)})),
+        ]:
+            reply = msgspec.json.decode(await send_command(bus, f"{subject}.{verb}", payload))
+            assert reply["ok"] is False
+            expected = "unknown_command" if verb == "dance" else "invalid_command"
+            assert reply["error"] == expected, reply
+        after = await ok(api.client.get("/v1/agents/presence", headers=center.auth), 200)
+        assert after == before
