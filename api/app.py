@@ -14,6 +14,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from api.context import ApiDeps, _valid_ip
+from api.controllers.agent_ws import agent_socket
 from api.controllers.agents import AgentPresenceController, QueueLiveController
 from api.controllers.auth import AuthController, OAuthController
 from api.controllers.contacts import ContactController
@@ -143,6 +144,7 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             VoicemailController,
             IntegrationController,
             PagesController,
+            agent_socket,
         ],
         state=State({"deps": deps}),
         exception_handlers={Exception: handle_exception},

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from api import repository as repo
 from api.problems import ApiError
 from api.ratelimit import TokenBuckets, retry_after_header
+from bus.connection import Bus
 from routing.client import RouterClient
 from runtime.db import tenant_tx
 from runtime.settings import Settings
@@ -45,6 +46,8 @@ class ApiDeps:
     number_provider: NumberProvider = field(default_factory=PlatformInventory)
     router: RouterClient | None = None
     """Asks the ACD router about presence and live queues; None where no bus is wired."""
+    bus: Bus | None = None
+    """For the agents' softphone connections (commands to media nodes, their notices)."""
     vault: Vault = field(init=False)
     ip_limits: TokenBuckets = field(init=False)
     tenant_limits: TokenBuckets = field(init=False)

@@ -45,6 +45,15 @@ class Bridge:
         self.b.on_datagram = self._b_to_a
         self.running = True
 
+    def mute(self, leg: RtpStream, muted: bool) -> None:
+        """Stop (or restart) forwarding what `leg` receives; the other direction goes on."""
+        if leg is self.a:
+            self.a.on_datagram = None if muted or not self.running else self._a_to_b
+        elif leg is self.b:
+            self.b.on_datagram = None if muted or not self.running else self._b_to_a
+        else:
+            raise ValueError("that leg is not in this bridge")
+
     def stop(self) -> None:
         if self.a.on_datagram is self._a_to_b:
             self.a.on_datagram = None

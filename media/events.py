@@ -49,12 +49,12 @@ class CallAnswered(_CallEvent, frozen=True, kw_only=True, tag="call.answered"):
 
 class CallHeld(_CallEvent, frozen=True, kw_only=True, tag="call.held"):
     _verb = "held"
-    by: Literal["caller", "node"]
+    by: Literal["caller", "node", "agent"]
 
 
 class CallResumed(_CallEvent, frozen=True, kw_only=True, tag="call.resumed"):
     _verb = "resumed"
-    by: Literal["caller", "node"]
+    by: Literal["caller", "node", "agent"]
 
 
 class CallDtmf(_CallEvent, frozen=True, kw_only=True, tag="call.dtmf"):

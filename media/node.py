@@ -47,7 +47,7 @@ from media.stream import RtpStream
 from runtime.ids import new_id
 
 if TYPE_CHECKING:
-    from media.queueing import QueuedCall, Queues
+    from media.queueing import AgentLines, QueuedCall, Queues
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,8 @@ class MediaNode:
         self.registrations: dict[tuple[str, Peer, str], Registration] = {}
         self._trunk_task: asyncio.Task[None] | None = None
         self.queues: Queues = Queues(self)
+        self.agent_lines: AgentLines | None = None
+        """Browser agents' legs on this node, when the webrtc package is plugged in."""
 
     # --- life cycle --------------------------------------------------------------------------
 

@@ -19,12 +19,13 @@ import logging
 import math
 import socket
 import sys
+import time
 from array import array
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 from uuid import UUID
 
 import msgspec
@@ -51,8 +52,11 @@ from runtime.ids import new_id
 
 __all__ = [
     "AgentLeg",
+    "AgentLine",
+    "AgentLines",
     "QueuedCall",
     "Queues",
+    "RingInfo",
     "announcement_text",
 ]
 
@@ -124,6 +128,45 @@ class DialBackCommand(_Command, kw_only=True):
     """The tenant's cap on concurrent calls, checked before the customer is dialed."""
 
 
+class AgentLine(Protocol):
+    """What an offer rings: a SIP call to the agent's device, or the agent's browser leg.
+
+    `answered` resolves with the device's SDP answer (None for a browser leg, whose media is
+    already up) or fails with CallEnded when the device refuses; `ended` resolves when the line
+    is over; `hangup` cancels before the answer and hangs up after it."""
+
+    ringing: asyncio.Event
+    answered: asyncio.Future[Any]
+    ended: asyncio.Future[CallEnd]
+
+    async def hangup(self, reason: str = "normal") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RingInfo:
+    """What an agent is shown when a call is offered: the screen pop."""
+
+    call_id: UUID
+    queue_id: UUID | None
+    from_number: str
+    to_number: str
+    waited_seconds: float
+    timeout_seconds: float
+    context: dict[str, Any]
+
+
+class AgentLines(Protocol):
+    """The browser agents whose media legs live on this node (the webrtc package)."""
+
+    def ring(self, tenant_id: UUID, agent_id: UUID, info: RingInfo) -> tuple[AgentLine, RtpStream]:
+        """Ring the agent's browser; raises CommandRefused when the agent has no leg here."""
+        ...
+
+    def bridged(self, tenant_id: UUID, agent_id: UUID, call: Call, bridge: Bridge) -> None:
+        """The agent's line now carries `call` through `bridge` (for hold, mute, DTMF)."""
+        ...
+
+
 @dataclass(eq=False)
 class AgentLeg:
     """An agent's device being rung for (or talking on) a customer's call."""
@@ -131,9 +174,10 @@ class AgentLeg:
     agent_id: UUID
     tenant_id: UUID
     call_id: UUID
-    sip: OutboundCall
+    sip: AgentLine
     stream: RtpStream
-    offer: sdp.SessionDescription
+    offer: sdp.SessionDescription | None
+    """Our SDP offer to a SIP device; None for a browser leg, negotiated once per shift."""
     outcome: OfferFailure | None = None
     """Why the node is ending the leg before it was answered; None while it may still win."""
     over: asyncio.Event = field(default_factory=asyncio.Event)
@@ -157,6 +201,9 @@ class QueuedCall:
     hold: PcmAudio
     offers: dict[UUID, AgentLeg] = field(default_factory=dict)
     """Agents being rung for the call, by agent."""
+    context: dict[str, Any] = field(default_factory=dict)
+    """The flow's screen pop for the agent (contact, lookups, path)."""
+    since: float = field(default_factory=time.monotonic)
     agent: AgentLeg | None = None
     """The agent who answered."""
     activity: asyncio.Task[None] | None = None
@@ -245,9 +292,10 @@ class Queues:
         hold = await self._node.directory.hold_music(call.tenant_id, queue_id)
         _check(call)
         previous = call.queued
-        queued = QueuedCall(queue_id, hold)
+        queued = QueuedCall(queue_id, hold, context=dict(context or {}))
         if previous is not None:
             queued.offers = previous.offers
+            queued.since = previous.since
             if previous.activity is not None:
                 previous.activity.cancel()
         call.queued = queued
@@ -301,6 +349,15 @@ class Queues:
                 caller_id=call.to_number,
                 codecs=_g711_first(call.stream.codec),
                 trunk_id=command.trunk_id,
+                info=RingInfo(
+                    call_id=call.id,
+                    queue_id=queued.queue_id,
+                    from_number=call.from_number,
+                    to_number=call.to_number,
+                    waited_seconds=round(time.monotonic() - queued.since, 1),
+                    timeout_seconds=command.timeout_seconds,
+                    context=queued.context,
+                ),
             )
         except CommandRefused:
             self._offer_failed(call.tenant_id, call.id, command.agent_id, "refused")
@@ -323,9 +380,18 @@ class Queues:
         caller_id: str,
         codecs: Sequence[str],
         trunk_id: UUID | None,
+        info: RingInfo,
     ) -> AgentLeg:
-        """INVITE the agent's device; returns once the INVITE is out."""
+        """INVITE the agent's device, or ring their browser; returns once it rings."""
         node = self._node
+        line: AgentLine
+        if device.startswith("webrtc:"):
+            if node.agent_lines is None:
+                raise CommandRefused("device_unreachable", "this node has no browser agents")
+            line, stream = node.agent_lines.ring(tenant_id, agent_id, info)
+            leg = AgentLeg(agent_id, tenant_id, call_id, line, stream, None)
+            self.legs.add(leg)
+            return leg
         try:
             if device.startswith(("sip:", "sips:")):
                 peer = await self._device_peer(device)
@@ -380,7 +446,7 @@ class Queues:
                 lost: OfferFailure = "caller_gone" if call.is_over else "answered_elsewhere"
                 await self._fail_answered(leg, lost)
                 return
-            if not _connect(leg, answer):
+            if not _connect(leg, answer.sdp):
                 await self._fail_answered(leg, "unreachable")
                 return
             # This agent takes the call: nothing may await between the checks above and here.
@@ -394,6 +460,8 @@ class Queues:
             bridge.start()
             call.bridge = bridge
             call.agent_id = leg.agent_id
+            if leg.offer is None and self._node.agent_lines is not None:
+                self._node.agent_lines.bridged(leg.tenant_id, leg.agent_id, call, bridge)
             if command.record:
                 await self._record(call, leg.stream)
             self._offer_event(ev.CallOfferAnswered, leg)
@@ -404,7 +472,7 @@ class Queues:
 
     async def _await_answer(
         self, leg: AgentLeg, ring_seconds: float, gone: asyncio.Event | None
-    ) -> sdp.SessionDescription | None:
+    ) -> _Answer | None:
         """The device's answer; or None once the offer has failed (the leg ended, the failure
         reported). Reports ringing as it happens."""
         loop = asyncio.get_running_loop()
@@ -437,7 +505,7 @@ class Queues:
                     waiter.cancel()
         answered = sip.answered
         if answered.done() and answered.exception() is None and leg.outcome is None:
-            return answered.result()
+            return _Answer(answered.result())
         if leg.outcome is None:
             refusal = answered.exception()
             leg.outcome = _refusal(refusal.end if isinstance(refusal, CallEnded) else None)
@@ -466,7 +534,9 @@ class Queues:
 
     async def _release(self, leg: AgentLeg) -> None:
         self.legs.discard(leg)
-        await leg.stream.close()
+        if leg.offer is not None:
+            await leg.stream.close()
+        # A browser leg's stream is the agent's for the whole shift.
 
     def _offer_event(
         self, kind: type[ev.CallOfferRinging] | type[ev.CallOfferAnswered], leg: AgentLeg
@@ -828,6 +898,15 @@ class Queues:
                 caller=command.number,
                 caller_id=command.caller_id,
                 codecs=("PCMU", "PCMA"),
+                info=RingInfo(
+                    call_id=command.call_id,
+                    queue_id=command.queue_id,
+                    from_number=command.number,
+                    to_number=command.caller_id,
+                    waited_seconds=0.0,
+                    timeout_seconds=command.timeout_seconds,
+                    context={"callback": True},
+                ),
                 trunk_id=command.trunk_id,
             )
         except CommandRefused:
@@ -842,7 +921,7 @@ class Queues:
             answer = await self._await_answer(leg, command.timeout_seconds, gone=None)
             if answer is None:
                 return
-            if not _connect(leg, answer):
+            if not _connect(leg, answer.sdp):
                 await self._fail_answered(leg, "unreachable")
                 return
             self._offer_event(ev.CallOfferAnswered, leg)
@@ -933,8 +1012,19 @@ async def _first_set(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-def _connect(leg: AgentLeg, answer: sdp.SessionDescription) -> bool:
-    """Point the leg's media where the device's answer says; False when it is unusable."""
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    sdp: sdp.SessionDescription | None
+    """The device's SDP answer; None from a browser leg."""
+
+
+def _connect(leg: AgentLeg, answer: sdp.SessionDescription | None) -> bool:
+    """Point the leg's media where the device's answer says; False when it is unusable. A
+    browser leg's media is up already."""
+    if leg.offer is None:
+        return True
+    if answer is None:
+        return False
     try:
         negotiated = sdp.read_answer(leg.offer, answer)
     except sdp.SdpError:

@@ -516,6 +516,9 @@ class RtpStream:
             self._report_handle.cancel()
         with contextlib.suppress(OSError):
             self._send_rtcp(self._report(bye=True))
+        await self._close_transports()
+
+    async def _close_transports(self) -> None:
         if self._rtp is not None and self._rtcp is not None:
             self._rtp.close()
             self._rtcp.close()
@@ -531,14 +534,12 @@ class RtpStream:
     def configure(self, negotiated: Negotiated, remote: tuple[str, int] | None) -> None:
         """Take what offer/answer decided; may be called again on a re-INVITE. Reopens latching:
         the first packet afterwards fixes where media is accepted from and sent to."""
-        codec = negotiated.codec.upper()
-        if codec not in _DECODERS:
-            raise ValueError(f"{negotiated.codec} is not a codec an RTP stream carries (G.711)")
-        self.codec = codec
-        self._payload_type = negotiated.payload_type
-        self._event_pt = negotiated.telephone_event_pt
-        self._direction_sends = negotiated.direction.sends
-        self._update_detector()
+        self._take(
+            negotiated.codec,
+            negotiated.payload_type,
+            negotiated.telephone_event_pt,
+            sends=negotiated.direction.sends,
+        )
         address = _usable_address(remote)
         self._remote = address
         self._source_addr = None
@@ -548,6 +549,16 @@ class RtpStream:
         self._rtcp_source = None
         self._rtcp_latch_open = True
         self._refresh_sending()
+
+    def _take(self, codec: str, payload_type: int, event_pt: int | None, *, sends: bool) -> None:
+        codec = codec.upper()
+        if codec not in _DECODERS:
+            raise ValueError(f"{codec} is not a codec an RTP stream carries (G.711)")
+        self.codec = codec
+        self._payload_type = payload_type
+        self._event_pt = event_pt
+        self._direction_sends = sends
+        self._update_detector()
 
     @property
     def held(self) -> bool:

@@ -84,6 +84,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     media_enabled: bool = True
     """Whether `switchboard dev` runs a media node too."""
 
+    # Browser agents (WebRTC): STUN/TURN servers handed to softphones, TURN credentials minted
+    # per agent with coturn's shared-secret scheme (use-auth-secret), valid turn_ttl_seconds.
+    stun_urls: list[str] = []
+    turn_urls: list[str] = []
+    turn_secret: str | None = None
+    turn_ttl_seconds: int = 43200
+    agent_reconnect_grace_seconds: float = 60.0
+    """How long a caller hears hold music while the agent's browser reconnects mid-call."""
+
     # ACD router: tenants hash onto router_partitions partitions (the same number everywhere);
     # each router instance holds leases (renewed every third of router_lease_seconds) on its
     # share of them.
@@ -156,6 +165,27 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 all(_is_network(n) for n in self.agent_device_networks),
                 "a list of networks in CIDR notation, e.g. 10.20.0.0/16",
             ),
+            (
+                "stun_urls",
+                all(u.startswith(("stun:", "stuns:")) for u in self.stun_urls),
+                "a list of stun: or stuns: URLs",
+            ),
+            (
+                "turn_urls",
+                all(u.startswith(("turn:", "turns:")) for u in self.turn_urls),
+                "a list of turn: or turns: URLs",
+            ),
+            (
+                "turn_secret",
+                not self.turn_urls or bool(self.turn_secret),
+                "TURN servers need the shared secret (turn_secret)",
+            ),
+            ("turn_ttl_seconds", 60 <= self.turn_ttl_seconds <= 7 * 86400, "60..604800"),
+            (
+                "agent_reconnect_grace_seconds",
+                1.0 <= self.agent_reconnect_grace_seconds <= 600,
+                "1..600",
+            ),
             ("log_format", self.log_format in ("json", "text"), "json or text"),
             ("log_level", self.log_level.upper() in _LEVELS, "DEBUG, INFO, WARNING or ERROR"),
         ]
@@ -205,7 +235,13 @@ def _env_name(field: str) -> str:
 
 
 def _parse_env_value(field: str, raw: str) -> Any:
-    if field in ("trusted_proxies", "sip_transports", "agent_device_networks"):
+    if field in (
+        "trusted_proxies",
+        "sip_transports",
+        "agent_device_networks",
+        "stun_urls",
+        "turn_urls",
+    ):
         return [p.strip() for p in raw.split(",") if p.strip()]
     return raw
 

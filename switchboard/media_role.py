@@ -10,9 +10,10 @@ import ipaddress
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -26,6 +27,13 @@ from media.sip.endpoint import TransportName
 from runtime.settings import Settings
 from switchboard.media_directory import CatalogDirectory
 from tenancy.vault import Vault
+from webrtc.desk import (
+    CONNECT_SUBJECT,
+    AgentDesk,
+    agent_command_subject,
+    agent_notice_subject,
+)
+from webrtc.leg import IceServer
 
 log = logging.getLogger("switchboard.media")
 
@@ -88,6 +96,7 @@ class RunningNode:
     node: MediaNode
     directory: CatalogDirectory
     publisher: EventPublisher
+    desk: AgentDesk
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +141,43 @@ async def media_node(
         directory.forget_queues()
 
     services: list[CommandService] = [await serve_commands(bus, prefix + "*", on_command)]
+
+    # Notices to softphones leave in the order they were made, through one sender.
+    notices: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    def tell_agent(tenant_id: UUID, agent_id: UUID, message: dict[str, object]) -> None:
+        notices.put_nowait(
+            (agent_notice_subject(tenant_id, agent_id), msgspec.json.encode(message))
+        )
+
+    async def send_notices() -> None:
+        while True:
+            subject, payload = await notices.get()
+            await notify(bus, subject, payload)
+
+    async def serve_agent(tenant_id: UUID, agent_id: UUID) -> Callable[[], Awaitable[None]]:
+        agent_prefix = agent_command_subject(tenant_id, agent_id, "")
+
+        async def on_agent_command(subject: str, payload: bytes) -> bytes:
+            return await desk.reply(subject.removeprefix(agent_prefix), payload)
+
+        service = await serve_commands(bus, agent_prefix + "*", on_agent_command)
+        return service.close
+
+    stun = [IceServer(tuple(settings.stun_urls))] if settings.stun_urls else []
+    desk = AgentDesk(
+        node,
+        tell_agent,
+        serve_agent,
+        ice_servers=stun,
+        reconnect_grace_seconds=settings.agent_reconnect_grace_seconds,
+    )
+    node.agent_lines = desk
+
+    async def on_connect(_subject: str, payload: bytes) -> bytes:
+        return await desk.reply("connect", payload)
+
+    services.append(await serve_commands(bus, CONNECT_SUBJECT, on_connect, queue="media-nodes"))
     for subject in _CATALOG_SUBJECTS:
         services.append(await subscribe_notices(bus, subject, on_catalog_change))
     services.append(await subscribe_notices(bus, "tenant.*.prompt.>", on_prompt_change))
@@ -143,6 +189,7 @@ async def media_node(
         while True:
             state = {
                 **node.heartbeat(),
+                **desk.counts(),
                 "events_published": publisher.published,
                 "events_waiting": publisher.backlog,
                 "event_publish_retries": publisher.retries,
@@ -151,14 +198,17 @@ async def media_node(
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     heart = asyncio.create_task(beat(), name="media-heartbeat")
+    sender = asyncio.create_task(send_notices(), name="agent-notices")
     try:
-        yield RunningNode(node, directory, publisher)
+        yield RunningNode(node, directory, publisher, desk)
     finally:
-        heart.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heart
+        for task in (heart, sender):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for service in services:
             await service.close()
         await node.stop("shutdown")
+        await desk.close()
         await publisher.close()
         await directory.aclose()

@@ -113,6 +113,7 @@ def api_deps(res: Resources) -> ApiDeps:
         router=RouterClient(
             res.bus, res.settings.router_partitions, namespace=res.settings.router_namespace
         ),
+        bus=res.bus,
     )
 
 
