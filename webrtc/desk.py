@@ -208,6 +208,8 @@ class AgentDesk:
             try:
                 peer, answer = await AgentPeer.answer(offer_sdp, session.stream, self.ice_servers)
             except NegotiationFailed as exc:
+                if session.peer is None:  # nothing was ever connected: forget the agent
+                    await self._drop(session)
                 raise CommandRefused(exc.code, exc.message) from exc
             old, session.peer = session.peer, peer
             peer.on_state = lambda state: self._leg_state(session, peer, state)
@@ -247,10 +249,15 @@ class AgentDesk:
 
     async def close_session(self, tenant_id: UUID, agent_id: UUID) -> None:
         """The agent signed off: end any offer, close the connection and the line."""
-        session = self.sessions.pop((tenant_id, agent_id), None)
-        self._opening.pop((tenant_id, agent_id), None)
-        if session is None:
-            return
+        session = self.sessions.get((tenant_id, agent_id))
+        if session is not None:
+            await self._drop(session)
+
+    async def _drop(self, session: AgentSession) -> None:
+        key = (session.tenant_id, session.agent_id)
+        if self.sessions.get(key) is session:
+            del self.sessions[key]
+            self._opening.pop(key, None)
         if session.line is not None:
             session.line.end(CallEnd(cause="failed", reason="agent_signed_off"))
         if session.grace is not None:

@@ -96,7 +96,9 @@ class _SrtpOut(asyncio.DatagramTransport):
             self.dropped += 1
             return
         try:
-            packet = session.protect_rtcp(bytes(data)) if self._rtcp else session.protect(data)
+            # pylibsrtp takes bytes only; relayed packets arrive as a rewritten bytearray.
+            raw = data if type(data) is bytes else bytes(data)
+            packet = session.protect_rtcp(raw) if self._rtcp else session.protect(raw)
         except pylibsrtp.Error:
             self.dropped += 1
             return

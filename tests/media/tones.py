@@ -33,7 +33,6 @@ __all__ = [
     "decode_rtp_payloads",
     "dominant_frequency",
     "hears",
-    "read_pcap_udp",
     "tone_pcm",
     "tone_power",
     "write_rtp_pcap",
@@ -135,39 +134,6 @@ def write_tone_pcap(path: StrPath, freq_hz: float, seconds: float, codec: str = 
     write_rtp_pcap(path, payloads, payload_type)
 
 
-def read_pcap_udp(data: bytes) -> list[tuple[float, bytes]]:
-    """(seconds since the first packet, UDP payload) for each IPv4/UDP packet of a pcap file."""
-    magic = struct.unpack_from("<I", data)[0]
-    if magic == _PCAP_MAGIC:
-        header, record = _PCAP_HEADER, _PCAP_RECORD
-    elif magic == 0xD4C3B2A1:
-        header, record = struct.Struct(">IHHiIII"), struct.Struct(">IIII")
-    else:
-        raise ValueError(f"not a microsecond libpcap file (magic {magic:#x})")
-    linktype = header.unpack_from(data)[6]
-    if linktype != _LINKTYPE_ETHERNET:
-        raise ValueError(f"link type {linktype}, expected Ethernet")
-    packets: list[tuple[float, bytes]] = []
-    first: float | None = None
-    offset = header.size
-    while offset < len(data):
-        sec, usec, incl, _orig = record.unpack_from(data, offset)
-        offset += record.size
-        frame = data[offset : offset + incl]
-        offset += incl
-        if _ETHERNET.unpack_from(frame)[2] != _ETHERTYPE_IPV4:
-            continue
-        ip = frame[_ETHERNET.size :]
-        if ip[9] != 17:
-            continue
-        ihl = (ip[0] & 0x0F) * 4
-        length = _UDP.unpack_from(ip, ihl)[2]
-        when = sec + usec / 1e6
-        first = when if first is None else first
-        packets.append((when - first, bytes(ip[ihl + _UDP.size : ihl + length])))
-    return packets
-
-
 def _ethernet_ipv4_udp(
     src: tuple[str, int], dst: tuple[str, int], payload: bytes, *, ident: int
 ) -> bytes:
@@ -179,7 +145,9 @@ def _ethernet_ipv4_udp(
     total = _IPV4.size + len(udp)
     ip_header = _IPV4.pack(0x45, 0, total, ident & 0xFFFF, 0x4000, 64, 17, 0, src_ip, dst_ip)
     ip_header = ip_header[:10] + struct.pack("!H", _checksum(ip_header)) + ip_header[12:]
-    ethernet = _ETHERNET.pack(b"\x02\x00\x00\x00\x00\x02", b"\x02\x00\x00\x00\x00\x01", 0x0800)
+    ethernet = _ETHERNET.pack(
+        b"\x02\x00\x00\x00\x00\x02", b"\x02\x00\x00\x00\x00\x01", _ETHERTYPE_IPV4
+    )
     return ethernet + ip_header + udp
 
 
@@ -194,7 +162,7 @@ def _checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -305,9 +273,11 @@ def _fft(values: Sequence[float]) -> list[complex]:
     """Iterative radix-2 FFT; `len(values)` is a power of two."""
     n = len(values)
     bits = n.bit_length() - 1
-    out = [complex(values[int(f"{i:0{bits}b}"[::-1], 2)]) for i in range(n)] if bits else [
-        complex(values[0])
-    ]
+    out = (
+        [complex(values[int(f"{i:0{bits}b}"[::-1], 2)]) for i in range(n)]
+        if bits
+        else [complex(values[0])]
+    )
     span = 2
     while span <= n:
         half = span // 2

@@ -87,7 +87,7 @@ async def open_center(api: Api) -> Center:
 
 @contextlib.asynccontextmanager
 async def routing_api(
-    services: Services, database: str, smtp: tuple[MailCatcher, int]
+    services: Services, database: str, smtp: tuple[MailCatcher, int], **overrides: Any
 ) -> AsyncIterator[Api]:
     """The API, with routers of its own (a namespace no other test shares), short leases, and
     agents' SIP phones allowed on loopback."""
@@ -100,6 +100,7 @@ async def routing_api(
         router_namespace=f"t{secrets.token_hex(4)}",
         router_lease_seconds=2.0,
         agent_device_networks=["127.0.0.0/8"],
+        **overrides,
     ) as running:
         yield running
 

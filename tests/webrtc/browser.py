@@ -55,6 +55,9 @@ def chromium_args(fake_audio_wav: Path, *, loop_audio: bool = True) -> list[str]
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={capture}",
         "--autoplay-policy=no-user-gesture-required",
+        # Without it WebRTC leaves the loopback interface out of ICE: a machine (or container)
+        # with nothing but lo could not connect at all, and the media node listens on 127.0.0.1.
+        "--allow-loopback-in-peer-connection",
     ]
 
 

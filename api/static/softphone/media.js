@@ -101,6 +101,7 @@ export class MediaLeg extends EventTarget {
   #connectTimer = 0;
   #muted = false;
   #stopped = true;
+  #lastLegReport = null;
   lastSdpOffer = null;
   nodeId = null;
 
@@ -221,8 +222,6 @@ export class MediaLeg extends EventTarget {
       }, DOWN_GRACE_MS);
     }
   }
-
-  #lastLegReport = null;
 
   async #microphone() {
     const live = this.#mic && this.#mic.getAudioTracks().some((t) => t.readyState === "live");

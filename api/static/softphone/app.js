@@ -1,0 +1,1221 @@
+// The softphone page: wires sign-in, signaling and the audio leg to what the agent sees.
+
+import { AuthError, Session } from "./auth.js";
+import {
+  CallLog,
+  DTMF,
+  NOTES_MAX,
+  formatClock,
+  formatDuration,
+  humanize,
+  isLive,
+  screenPop,
+  transferProblem,
+  wrapUpCode,
+} from "./calls.js";
+import { MediaLeg } from "./media.js";
+import { Ringer } from "./ringer.js";
+import {
+  CLOSE_NOT_AN_AGENT,
+  CLOSE_REPLACED,
+  CLOSE_UNAUTHENTICATED,
+  Signaling,
+  agentSocketUrl,
+} from "./signaling.js";
+
+export const CONNECTION_LOST = "Connection lost - reconnecting...";
+const NOT_CONNECTED = "Not connected to the server right now. Try again in a moment.";
+const SESSION_ENDED = "Your session has ended. Please sign in again.";
+const ERROR_TEXT = {
+  no_media: "Your audio line is not connected yet. Wait until it says connected, then try again.",
+};
+const CALL_LOG_KEY = "switchboard.softphone.calls.";
+const DEFAULT_AWAY_REASONS = ["break", "lunch", "meeting", "training", "admin"];
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  agentName: $("agent-name"),
+  statusLine: $("status-line"),
+  statusDot: $("status-dot"),
+  legState: $("leg-state"),
+  logoutBtn: $("logout-btn"),
+  alert: $("alert"),
+  announcer: $("announcer"),
+  micRetry: $("mic-retry"),
+  audioUnlock: $("audio-unlock"),
+  reconnectBtn: $("reconnect-btn"),
+  loginView: $("login-view"),
+  loginForm: $("login-form"),
+  loginEmail: $("login-email"),
+  loginPassword: $("login-password"),
+  loginSubmit: $("login-submit"),
+  phoneView: $("phone-view"),
+  stateSelect: $("state-select"),
+  awayReason: $("away-reason"),
+  presenceHint: $("presence-hint"),
+  offerBanner: $("offer-banner"),
+  offerCountdown: $("offer-countdown"),
+  offerProgress: $("offer-progress"),
+  offerFrom: $("offer-from"),
+  offerContact: $("offer-contact"),
+  offerQueue: $("offer-queue"),
+  offerWaited: $("offer-waited"),
+  offerPath: $("offer-path"),
+  offerTo: $("offer-to"),
+  offerLookupBox: $("offer-lookup-box"),
+  offerLookup: $("offer-lookup"),
+  offerDetailsBox: $("offer-details-box"),
+  offerDetails: $("offer-details"),
+  answerBtn: $("answer-btn"),
+  rejectBtn: $("reject-btn"),
+  callPanel: $("call-panel"),
+  callTitle: $("call-title"),
+  callNumber: $("call-number"),
+  callState: $("call-state"),
+  callContact: $("call-contact"),
+  callDirection: $("call-direction"),
+  callTimer: $("call-timer"),
+  muteBtn: $("mute-btn"),
+  holdBtn: $("hold-btn"),
+  transferBtn: $("transfer-btn"),
+  hangupBtn: $("hangup-btn"),
+  keypad: $("keypad"),
+  dtmfSent: $("dtmf-sent"),
+  wrapupForm: $("wrapup-form"),
+  wrapupTimer: $("wrapup-timer"),
+  wrapupSummary: $("wrapup-summary"),
+  wrapupCode: $("wrapup-code"),
+  wrapupNotes: $("wrapup-notes"),
+  wrapupCount: $("wrapup-count"),
+  wrapupSubmit: $("wrapup-submit"),
+  callsHandled: $("calls-handled"),
+  callList: $("call-list"),
+  callListEmpty: $("call-list-empty"),
+  transferDialog: $("transfer-dialog"),
+  transferForm: $("transfer-form"),
+  transferKind: $("transfer-kind"),
+  transferToLabel: $("transfer-to-label"),
+  transferTo: $("transfer-to"),
+  transferDirectory: $("transfer-directory"),
+  transferAttended: $("transfer-attended"),
+  transferError: $("transfer-error"),
+  transferCancel: $("transfer-cancel"),
+  transferSubmit: $("transfer-submit"),
+  audio: $("remote-audio"),
+};
+
+const session = new Session();
+const signaling = new Signaling(agentSocketUrl(window.location), (fresh) =>
+  session.accessToken({ fresh }),
+);
+const media = new MediaLeg({
+  send: (type, fields) => signaling.send(type, fields),
+  canSend: () => signaling.ready,
+  audio: ui.audio,
+});
+const ringer = new Ringer();
+
+const state = {
+  hello: null,
+  presence: null,
+  lastOffer: null,
+  offer: null,
+  offerShownAt: 0,
+  answering: false,
+  call: null,
+  lastEnded: null,
+  wrapUp: null,
+  wrapUpSentFor: null,
+  leg: "disconnected",
+  log: new CallLog(),
+  logKey: null,
+  actions: new Map(),
+  directory: { agent: [], queue: [] },
+  directoryLoaded: false,
+  permissionWatched: false,
+};
+
+// For the end-to-end tests and for support staff poking at a live page.
+window.softphone = {
+  get ws() {
+    return signaling.ws;
+  },
+  get pc() {
+    return media.pc;
+  },
+  get remoteStream() {
+    return media.remoteStream;
+  },
+  /** The agent's presence state as the server last reported it (null before hello). */
+  get state() {
+    return state.presence ? state.presence.state : null;
+  },
+  /** The last `offered` message (the call offer and its screen pop). */
+  get lastOffer() {
+    return state.lastOffer;
+  },
+  get presence() {
+    return state.presence;
+  },
+  get call() {
+    return state.call;
+  },
+  get legState() {
+    return state.leg;
+  },
+  get lastSdpOffer() {
+    return media.lastSdpOffer;
+  },
+};
+
+// ---- Plain messages ----------------------------------------------------------------------
+
+const alerts = new Map();
+
+function showAlert(key, text, { ms = 0, info = false } = {}) {
+  const previous = alerts.get(key);
+  if (previous) clearTimeout(previous.timer);
+  const timer = ms ? setTimeout(() => clearAlert(key), ms) : 0;
+  alerts.set(key, { text, info, timer });
+  renderAlerts();
+}
+
+function clearAlert(key) {
+  const entry = alerts.get(key);
+  if (!entry) return;
+  clearTimeout(entry.timer);
+  alerts.delete(key);
+  renderAlerts();
+}
+
+function renderAlerts() {
+  ui.alert.replaceChildren(
+    ...[...alerts.values()].map(({ text, info }) => {
+      const p = document.createElement("p");
+      p.textContent = text;
+      if (info) p.className = "info";
+      return p;
+    }),
+  );
+}
+
+function nothingFocused() {
+  const active = document.activeElement;
+  return active === null || active === document.body || active.closest("[hidden]") !== null;
+}
+
+function announce(text) {
+  ui.announcer.textContent = "";
+  // A fresh text node makes screen readers speak it even when it repeats.
+  setTimeout(() => {
+    ui.announcer.textContent = text;
+  }, 50);
+}
+
+function errorText(msg) {
+  return ERROR_TEXT[msg.code] || msg.message || `The server refused that (${msg.code || "error"}).`;
+}
+
+// ---- Sending -----------------------------------------------------------------------------
+
+/** Sends a message; returns its ref, or null (and says so) when not connected. */
+function act(type, fields, { onError = null, quiet = false } = {}) {
+  const ref = signaling.send(type, fields);
+  if (ref === null) {
+    if (!quiet) showAlert("action", NOT_CONNECTED, { ms: 6000 });
+    return null;
+  }
+  state.actions.set(ref, { type, onError, at: Date.now() });
+  return ref;
+}
+
+// ---- Views -------------------------------------------------------------------------------
+
+function showLogin(message) {
+  ui.phoneView.hidden = true;
+  ui.loginView.hidden = false;
+  ui.logoutBtn.hidden = true;
+  ui.agentName.textContent = "";
+  if (message) showAlert("session", message);
+  renderStatus();
+  ui.loginEmail.focus();
+}
+
+function showPhone() {
+  ui.loginView.hidden = true;
+  ui.phoneView.hidden = false;
+  ui.logoutBtn.hidden = false;
+  clearAlert("session");
+  clearAlert("login");
+  renderStatus();
+}
+
+function resetWork() {
+  closeOffer();
+  closeTransfer();
+  state.hello = null;
+  state.presence = null;
+  state.call = null;
+  state.lastEnded = null;
+  state.wrapUp = null;
+  state.wrapUpSentFor = null;
+  state.actions.clear();
+  state.directory = { agent: [], queue: [] };
+  state.directoryLoaded = false;
+  state.log = new CallLog();
+  state.logKey = null;
+  ui.wrapupForm.hidden = true;
+  ui.stateSelect.disabled = true;
+  renderCall();
+  renderLog();
+}
+
+function signOutLocally(message, { logout = false } = {}) {
+  signaling.stop();
+  media.stop();
+  ringer.stop();
+  if (logout) session.logout();
+  for (const key of [...alerts.keys()]) clearAlert(key);
+  ui.micRetry.hidden = true;
+  ui.audioUnlock.hidden = true;
+  ui.reconnectBtn.hidden = true;
+  resetWork();
+  setLeg("disconnected");
+  showLogin(message);
+}
+
+function connect() {
+  ui.reconnectBtn.hidden = true;
+  signaling.start();
+  renderStatus();
+}
+
+// ---- Status line -------------------------------------------------------------------------
+
+function presenceText(p) {
+  switch (p.state) {
+    case "available":
+      return "Available";
+    case "away":
+      return p.reason ? `Away (${humanize(p.reason)})` : "Away";
+    case "offline":
+      return "Offline";
+    case "reserved":
+    case "ringing":
+      return "Incoming call";
+    case "on_call":
+      return "On a call";
+    case "wrap_up": {
+      const until = Date.parse(p.wrap_up_until ?? "");
+      return Number.isFinite(until)
+        ? `Wrap-up - ${formatDuration(Math.max(0, (until - Date.now()) / 1000))} left`
+        : "Wrap-up";
+    }
+    default:
+      return humanize(p.state) || "Unknown";
+  }
+}
+
+function dotState(p) {
+  if (!p) return "offline";
+  if (p.state === "available" || p.state === "away" || p.state === "wrap_up") return p.state;
+  if (p.state === "offline") return "offline";
+  return "busy";
+}
+
+function renderStatus() {
+  let text;
+  if (!session.signedIn) text = "Signed out";
+  else if (!signaling.ready) text = signaling.running ? "Connecting..." : "Not connected";
+  else if (!state.presence) text = "Connected";
+  else {
+    text = presenceText(state.presence);
+    const since = state.presence.since ? formatClock(state.presence.since) : "";
+    if (since && ["available", "away", "offline"].includes(state.presence.state)) {
+      text += ` since ${since}`;
+    }
+  }
+  if (ui.statusLine.textContent !== text) ui.statusLine.textContent = text;
+  ui.statusDot.dataset.state = signaling.ready ? dotState(state.presence) : "offline";
+  const title = state.offer
+    ? `Incoming call - ${screenPop(state.offer).from}`
+    : `${text} - Softphone`;
+  if (document.title !== title) document.title = title;
+}
+
+function setLeg(word) {
+  state.leg = word;
+  ui.legState.textContent = word;
+  ui.legState.dataset.state = word;
+  if (word === "connected") clearAlert("media");
+  renderHint();
+}
+
+// ---- Presence ----------------------------------------------------------------------------
+
+function fillReasons(reasons) {
+  const list = Array.isArray(reasons) && reasons.length ? reasons : DEFAULT_AWAY_REASONS;
+  const chosen = ui.awayReason.value;
+  ui.awayReason.replaceChildren(
+    ...list.map((reason) => new Option(humanize(reason), String(reason))),
+  );
+  if (list.includes(chosen)) ui.awayReason.value = chosen;
+}
+
+function showServerPresence() {
+  const p = state.presence;
+  if (p && ["available", "away", "offline"].includes(p.state)) ui.stateSelect.value = p.state;
+  if (p && p.state === "away" && p.reason) {
+    if (![...ui.awayReason.options].some((o) => o.value === p.reason)) {
+      ui.awayReason.append(new Option(humanize(p.reason), p.reason));
+    }
+    ui.awayReason.value = p.reason;
+  }
+}
+
+function onPresence(p) {
+  if (!p || typeof p.state !== "string") return;
+  const before = state.presence;
+  state.presence = p;
+  showServerPresence();
+  if (typeof p.calls_handled === "number") ui.callsHandled.textContent = String(p.calls_handled);
+  if (p.state === "wrap_up") openWrapUp(p.call_id);
+  else if (before && before.state === "wrap_up") wrapUpTimeOver();
+  // After a reload in the middle of a call the server may only tell us which call it is.
+  if (p.state === "on_call" && p.call_id && !state.call) {
+    state.call = newCall({ call_id: p.call_id, state: "connected" });
+    renderCall();
+  }
+  renderHint();
+  renderStatus();
+}
+
+function renderHint() {
+  ui.presenceHint.textContent =
+    ui.stateSelect.value === "available" && state.leg !== "connected"
+      ? "Calls ring here once the audio line is connected."
+      : "";
+}
+
+function askPresence() {
+  const wanted = ui.stateSelect.value;
+  const fields = { state: wanted };
+  if (wanted === "away" && ui.awayReason.value) fields.reason = ui.awayReason.value;
+  const ref = act("presence", fields, { onError: showServerPresence });
+  if (ref === null) showServerPresence();
+}
+
+ui.stateSelect.addEventListener("change", askPresence);
+ui.awayReason.addEventListener("change", () => {
+  if (ui.stateSelect.value === "away") askPresence();
+});
+
+// ---- Incoming call -----------------------------------------------------------------------
+
+function fillFacts(dl, pairs) {
+  dl.replaceChildren(
+    ...pairs.flatMap(([key, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = key;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+}
+
+function badge(className, text) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.textContent = text;
+  return span;
+}
+
+function contactLine(pop) {
+  if (!pop.known) return [document.createTextNode("Not in your contacts")];
+  const parts = [document.createTextNode(pop.contactName || "Known caller")];
+  if (pop.vip) parts.push(badge("vip", "VIP"));
+  if (pop.blocked) parts.push(badge("blocked", "Blocked"));
+  return parts;
+}
+
+function onOffered(msg) {
+  if (typeof msg.call_id !== "string") return;
+  state.lastOffer = msg;
+  state.offer = msg;
+  state.offerShownAt = performance.now();
+  state.answering = false;
+  const pop = screenPop(msg);
+  ui.offerFrom.textContent = pop.from;
+  ui.offerContact.replaceChildren(...contactLine(pop));
+  ui.offerQueue.textContent = pop.queue || "-";
+  ui.offerPath.textContent = pop.path.length ? pop.path.join(" \u2192 ") : "-";
+  ui.offerTo.textContent = pop.to || "-";
+  fillFacts(ui.offerLookup, pop.lookup);
+  ui.offerLookupBox.hidden = pop.lookup.length === 0;
+  fillFacts(ui.offerDetails, pop.details);
+  ui.offerDetailsBox.hidden = pop.details.length === 0;
+  ui.offerCountdown.parentElement.hidden = pop.timeoutSeconds <= 0;
+  ui.offerProgress.hidden = pop.timeoutSeconds <= 0;
+  ui.answerBtn.textContent = "Answer";
+  ui.answerBtn.disabled = false;
+  ui.rejectBtn.disabled = false;
+  ui.offerBanner.hidden = false;
+  tickOffer();
+  ringer.start();
+  const who = pop.contactName ? `${pop.contactName}, ${pop.from}` : pop.from;
+  announce(`Incoming call from ${who}${pop.queue ? ` for ${pop.queue}` : ""}`);
+  // Only take the focus when nothing else has it, so typing elsewhere is never hijacked.
+  if (nothingFocused()) ui.answerBtn.focus();
+  renderStatus();
+}
+
+function closeOffer(callId = null) {
+  if (!state.offer || (callId && state.offer.call_id !== callId)) return;
+  const hadFocus = ui.offerBanner.contains(document.activeElement);
+  state.offer = null;
+  state.answering = false;
+  ui.offerBanner.hidden = true;
+  ringer.stop();
+  if (hadFocus) {
+    if (state.call) ui.callTitle.focus();
+    else document.activeElement.blur();
+  }
+  renderStatus();
+}
+
+function tickOffer() {
+  const offer = state.offer;
+  if (!offer) return;
+  const pop = screenPop(offer);
+  const elapsed = (performance.now() - state.offerShownAt) / 1000;
+  ui.offerWaited.textContent = formatDuration(pop.waitedSeconds + elapsed);
+  if (pop.timeoutSeconds <= 0) return;
+  const left = Math.max(0, pop.timeoutSeconds - elapsed);
+  ui.offerCountdown.textContent = String(Math.ceil(left));
+  ui.offerProgress.value = left / pop.timeoutSeconds;
+  if (left <= 0 && !state.answering) {
+    closeOffer(offer.call_id);
+    showAlert("offer", `Missed call from ${pop.from}.`, { ms: 8000, info: true });
+  }
+}
+
+ui.answerBtn.addEventListener("click", () => {
+  const offer = state.offer;
+  if (!offer || state.answering) return;
+  ringer.unlock();
+  const ref = act(
+    "answer",
+    { call_id: offer.call_id },
+    {
+      onError: () => {
+        if (state.offer !== offer) return;
+        state.answering = false;
+        ui.answerBtn.textContent = "Answer";
+        ui.answerBtn.disabled = false;
+        ui.rejectBtn.disabled = false;
+      },
+    },
+  );
+  if (ref === null) return;
+  state.answering = true;
+  ringer.stop();
+  ui.answerBtn.disabled = true;
+  ui.rejectBtn.disabled = true;
+  ui.answerBtn.textContent = "Connecting...";
+});
+
+ui.rejectBtn.addEventListener("click", () => {
+  const offer = state.offer;
+  if (!offer || state.answering) return;
+  if (act("reject", { call_id: offer.call_id }) === null) return;
+  state.log.markRejected(offer.call_id);
+  closeOffer(offer.call_id);
+  renderLog();
+});
+
+// ---- The call ----------------------------------------------------------------------------
+
+function newCall(msg) {
+  const offer = state.lastOffer && state.lastOffer.call_id === msg.call_id ? state.lastOffer : null;
+  const pop = offer ? screenPop(offer) : null;
+  return {
+    call_id: msg.call_id,
+    state: msg.state,
+    direction: msg.direction === "outbound" ? "outbound" : "inbound",
+    number: "",
+    contact: pop && pop.known ? pop.contactName : "",
+    connectedAt: null,
+    muted: false,
+    holdPending: false,
+    hangingUp: false,
+    sentAt: 0,
+    dtmf: "",
+  };
+}
+
+function onCall(msg) {
+  if (typeof msg.call_id !== "string") return;
+  const row = state.log.apply(msg);
+  saveLog();
+  renderLog();
+  const { call_id: id, state: callState } = msg;
+
+  if (callState === "offer_withdrawn") {
+    if (state.offer && state.offer.call_id === id) {
+      const from = screenPop(state.offer).from;
+      closeOffer(id);
+      showAlert("offer", `The call from ${from} is no longer waiting for you.`, {
+        ms: 8000,
+        info: true,
+      });
+    }
+    return;
+  }
+
+  if (isLive(callState)) {
+    // An inbound call rings in the offer banner until it is answered.
+    if (callState === "ringing" && state.offer && state.offer.call_id === id) return;
+    if (state.offer && state.offer.call_id === id) closeOffer(id);
+    if (!state.call || state.call.call_id !== id) {
+      state.call = newCall(msg);
+      media.setMuted(false);
+      if (state.wrapUp && !wrapUpTouched()) hideWrapUp();
+    }
+    const call = state.call;
+    call.state = callState;
+    if (msg.direction === "inbound" || msg.direction === "outbound") call.direction = msg.direction;
+    const number = call.direction === "outbound" ? msg.to_number : msg.from_number;
+    if (number) call.number = String(number);
+    if ((callState === "connected" || callState === "held") && !call.connectedAt) {
+      const at = Date.parse(msg.at ?? "");
+      call.connectedAt = Number.isFinite(at) ? Math.min(at, Date.now()) : Date.now();
+    }
+    call.holdPending = false;
+    renderCall();
+    if (callState === "connected" && nothingFocused()) ui.callTitle.focus();
+    return;
+  }
+
+  if (callState === "ended") {
+    if (state.offer && state.offer.call_id === id) closeOffer(id);
+    if (row && row.connected_at) {
+      state.lastEnded = { call_id: id, number: row.number, duration: row.duration };
+    }
+    if (state.call && state.call.call_id === id) {
+      const hadFocus = ui.callPanel.contains(document.activeElement);
+      state.call = null;
+      media.setMuted(false);
+      closeTransfer();
+      renderCall();
+      if (hadFocus && ui.callPanel.contains(document.activeElement)) document.activeElement.blur();
+      if (state.presence && state.presence.state === "wrap_up") openWrapUp(id);
+    }
+  }
+}
+
+function renderCall() {
+  const call = state.call;
+  ui.callPanel.hidden = !call;
+  if (!call) return;
+  const talking = call.state === "connected" || call.state === "held";
+  const held = call.state === "held";
+  ui.callNumber.textContent = call.number || "Unknown number";
+  ui.callState.textContent = call.state;
+  ui.callState.dataset.state = call.state;
+  ui.callContact.textContent = call.contact || "";
+  ui.callDirection.textContent = call.direction === "outbound" ? "Outgoing call" : "Incoming call";
+  ui.holdBtn.textContent = held ? "Resume" : "Hold";
+  ui.holdBtn.setAttribute("aria-pressed", String(held));
+  ui.holdBtn.disabled = !talking || call.holdPending;
+  ui.muteBtn.textContent = call.muted ? "Unmute" : "Mute";
+  ui.muteBtn.setAttribute("aria-pressed", String(call.muted));
+  ui.muteBtn.disabled = !talking;
+  ui.transferBtn.disabled = !talking;
+  ui.hangupBtn.disabled = call.hangingUp;
+  ui.hangupBtn.textContent = call.hangingUp ? "Hanging up..." : "Hang up";
+  for (const key of ui.keypad.querySelectorAll("button[data-digit]")) key.disabled = !talking;
+  ui.dtmfSent.textContent = call.dtmf || "-";
+  renderCallTimer();
+}
+
+function renderCallTimer() {
+  const call = state.call;
+  if (!call) return;
+  const seconds = call.connectedAt ? (Date.now() - call.connectedAt) / 1000 : 0;
+  const text = formatDuration(seconds);
+  if (ui.callTimer.textContent !== text) ui.callTimer.textContent = text;
+}
+
+ui.hangupBtn.addEventListener("click", () => {
+  const call = state.call;
+  if (!call || call.hangingUp) return;
+  const ref = act(
+    "hangup",
+    { call_id: call.call_id },
+    {
+      onError: () => {
+        call.hangingUp = false;
+        renderCall();
+      },
+    },
+  );
+  if (ref === null) return;
+  call.hangingUp = true;
+  call.sentAt = Date.now();
+  renderCall();
+});
+
+ui.holdBtn.addEventListener("click", () => {
+  const call = state.call;
+  if (!call || call.holdPending) return;
+  const type = call.state === "held" ? "resume" : "hold";
+  const ref = act(
+    type,
+    { call_id: call.call_id },
+    {
+      onError: () => {
+        call.holdPending = false;
+        renderCall();
+      },
+    },
+  );
+  if (ref === null) return;
+  call.holdPending = true;
+  call.sentAt = Date.now();
+  renderCall();
+});
+
+ui.muteBtn.addEventListener("click", () => {
+  const call = state.call;
+  if (!call) return;
+  call.muted = !call.muted;
+  // The local track goes silent at once, whatever the server makes of the message.
+  media.setMuted(call.muted);
+  act("mute", { call_id: call.call_id, muted: call.muted }, { quiet: true });
+  renderCall();
+});
+
+function sendDigit(digit) {
+  const call = state.call;
+  if (!call || !DTMF.test(digit)) return;
+  if (act("dtmf", { call_id: call.call_id, digits: digit }) === null) return;
+  call.dtmf = (call.dtmf + digit).slice(-32);
+  ui.dtmfSent.textContent = call.dtmf;
+}
+
+ui.keypad.addEventListener("click", (event) => {
+  const key = event.target.closest("button[data-digit]");
+  if (key && !key.disabled) sendDigit(key.dataset.digit);
+});
+
+ui.keypad.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const key = ui.keypad.querySelector(`button[data-digit="${CSS.escape(event.key)}"]`);
+  if (!key || key.disabled) return;
+  event.preventDefault();
+  key.focus();
+  sendDigit(key.dataset.digit);
+});
+
+// ---- Transfer ----------------------------------------------------------------------------
+
+const TRANSFER_LABELS = {
+  number: "Number (E.164, e.g. +14155550123)",
+  agent: "Agent (pick from the list or paste the agent's ID)",
+  queue: "Queue (pick from the list or paste the queue's ID)",
+};
+
+function renderDirectory() {
+  const kind = ui.transferKind.value;
+  const entries = state.directory[kind] ?? [];
+  ui.transferDirectory.replaceChildren(
+    ...entries.map(({ id, label }) => {
+      const option = document.createElement("option");
+      option.value = id;
+      option.label = label;
+      option.textContent = label;
+      return option;
+    }),
+  );
+  ui.transferToLabel.textContent = TRANSFER_LABELS[kind] ?? "Transfer to";
+  ui.transferTo.placeholder = kind === "number" ? "+14155550123" : "";
+  ui.transferTo.inputMode = kind === "number" ? "tel" : "text";
+}
+
+// Supervisors may list queues and colleagues; an agent's token usually may not, and then the
+// IDs are typed or pasted.
+async function loadDirectory() {
+  if (state.directoryLoaded) return;
+  state.directoryLoaded = true;
+  let token;
+  try {
+    token = await session.accessToken();
+  } catch {
+    return;
+  }
+  const me = state.hello ? state.hello.agent_id : null;
+  const sources = [
+    ["queue", "/v1/queues?limit=100", (q) => ({ id: q.id, label: q.name })],
+    [
+      "agent",
+      "/v1/users?limit=100",
+      (u) =>
+        ["agent", "supervisor"].includes(u.role) && u.status === "active" && u.id !== me
+          ? { id: u.id, label: u.name || u.email }
+          : null,
+    ],
+  ];
+  for (const [kind, path, pick] of sources) {
+    try {
+      const response = await fetch(path, {
+        headers: { authorization: `Bearer ${token}`, accept: "application/json" },
+        cache: "no-store",
+      });
+      if (!response.ok) continue;
+      const body = await response.json();
+      const items = Array.isArray(body.data) ? body.data : [];
+      state.directory[kind] = items.map(pick).filter(Boolean);
+    } catch {
+      // Typing the ID still works.
+    }
+  }
+  renderDirectory();
+}
+
+function closeTransfer() {
+  if (ui.transferDialog.open) ui.transferDialog.close();
+}
+
+ui.transferBtn.addEventListener("click", () => {
+  if (!state.call) return;
+  ui.transferError.textContent = "";
+  ui.transferTo.value = "";
+  ui.transferAttended.checked = false;
+  renderDirectory();
+  ui.transferDialog.showModal();
+  ui.transferTo.focus();
+});
+
+ui.transferKind.addEventListener("change", () => {
+  ui.transferError.textContent = "";
+  renderDirectory();
+});
+
+ui.transferCancel.addEventListener("click", closeTransfer);
+
+ui.transferForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const call = state.call;
+  if (!call) {
+    closeTransfer();
+    return;
+  }
+  const kind = ui.transferKind.value;
+  let to = ui.transferTo.value.trim();
+  if (kind === "number") to = to.replace(/[\s().-]/g, "");
+  const problem = transferProblem(kind, to);
+  if (problem) {
+    ui.transferError.textContent = problem;
+    ui.transferTo.focus();
+    return;
+  }
+  const attended = ui.transferAttended.checked;
+  const ref = act(
+    "transfer",
+    { call_id: call.call_id, to_kind: kind, to, attended },
+    { onError: (msg) => showAlert("transfer", `Transfer failed: ${errorText(msg)}`, { ms: 10000 }) },
+  );
+  if (ref === null) {
+    ui.transferError.textContent = NOT_CONNECTED;
+    return;
+  }
+  closeTransfer();
+  showAlert("transfer", attended ? "Connecting you first, then handing over..." : "Transferring...", {
+    ms: 5000,
+    info: true,
+  });
+});
+
+// ---- Wrap-up -----------------------------------------------------------------------------
+
+function wrapUpTouched() {
+  return ui.wrapupCode.value.trim() !== "" || ui.wrapupNotes.value.trim() !== "";
+}
+
+function hideWrapUp() {
+  state.wrapUp = null;
+  ui.wrapupForm.hidden = true;
+}
+
+function openWrapUp(callId) {
+  const id = callId || (state.lastEnded ? state.lastEnded.call_id : null);
+  if (!id || state.wrapUpSentFor === id) return;
+  if (state.call && state.call.call_id === id) return; // not ended yet
+  if (!state.wrapUp || state.wrapUp.call_id !== id) {
+    const row = state.log.get(id);
+    const described = row ? CallLog.describe(row) : null;
+    state.wrapUp = { call_id: id };
+    ui.wrapupCode.value = "";
+    ui.wrapupNotes.value = "";
+    ui.wrapupCount.textContent = "0";
+    const parts = [];
+    if (described && described.number) parts.push(`Call with ${described.number}`);
+    if (described && described.duration !== null) parts.push(formatDuration(described.duration));
+    ui.wrapupSummary.textContent = parts.join(" - ");
+  }
+  const appearing = ui.wrapupForm.hidden;
+  ui.wrapupForm.hidden = false;
+  renderWrapUpTimer();
+  if (appearing && nothingFocused()) ui.wrapupCode.focus();
+}
+
+function wrapUpTimeOver() {
+  if (ui.wrapupForm.hidden) return;
+  if (wrapUpTouched()) ui.wrapupTimer.textContent = "Wrap-up time is over; you can still save this.";
+  else hideWrapUp();
+}
+
+function renderWrapUpTimer() {
+  if (ui.wrapupForm.hidden) return;
+  const p = state.presence;
+  if (!p || p.state !== "wrap_up") return;
+  const until = Date.parse(p.wrap_up_until ?? "");
+  const text = Number.isFinite(until)
+    ? `${formatDuration(Math.max(0, (until - Date.now()) / 1000))} left`
+    : "";
+  if (ui.wrapupTimer.textContent !== text) ui.wrapupTimer.textContent = text;
+}
+
+ui.wrapupNotes.addEventListener("input", () => {
+  ui.wrapupCount.textContent = String(ui.wrapupNotes.value.length);
+});
+
+ui.wrapupCode.addEventListener("input", () => ui.wrapupCode.setCustomValidity(""));
+
+ui.wrapupForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const wrap = state.wrapUp;
+  if (!wrap) {
+    hideWrapUp();
+    return;
+  }
+  const { code, error } = wrapUpCode(ui.wrapupCode.value);
+  if (error) {
+    ui.wrapupCode.setCustomValidity(error);
+    ui.wrapupCode.reportValidity();
+    showAlert("wrapup", error, { ms: 8000 });
+    return;
+  }
+  const notes = ui.wrapupNotes.value.slice(0, NOTES_MAX);
+  const ref = act(
+    "wrap_up",
+    { call_id: wrap.call_id, code, notes },
+    {
+      onError: () => {
+        state.wrapUpSentFor = null;
+        state.wrapUp = wrap;
+        ui.wrapupForm.hidden = false;
+      },
+    },
+  );
+  if (ref === null) return;
+  state.wrapUpSentFor = wrap.call_id;
+  clearAlert("wrapup");
+  hideWrapUp();
+});
+
+// ---- This shift's calls ------------------------------------------------------------------
+
+function loadLog(agentId) {
+  const key = CALL_LOG_KEY + agentId;
+  if (state.logKey === key) return;
+  state.logKey = key;
+  let rows = [];
+  try {
+    rows = JSON.parse(sessionStorage.getItem(key) ?? "[]");
+  } catch {
+    rows = [];
+  }
+  state.log = new CallLog(rows);
+  renderLog();
+}
+
+function saveLog() {
+  if (!state.logKey) return;
+  try {
+    sessionStorage.setItem(state.logKey, JSON.stringify(state.log));
+  } catch {
+    // Storage full: the list still shows, it just won't survive a reload.
+  }
+}
+
+function cell(text, className = "") {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function renderLog() {
+  const rows = state.log.describeAll();
+  ui.callList.replaceChildren(
+    ...rows.map((row) => {
+      const tr = document.createElement("tr");
+      tr.dataset.callId = row.call_id;
+      tr.dataset.outcome = row.outcome;
+      const outcome = humanize(row.outcome) + (row.cause ? ` - ${humanize(row.cause)}` : "");
+      tr.append(
+        cell(formatClock(row.started_at), "num"),
+        cell(row.number || "Unknown", "num"),
+        cell(row.direction === "outbound" ? "Out" : "In"),
+        cell(row.duration === null ? "-" : formatDuration(row.duration), "num"),
+        cell(outcome),
+      );
+      return tr;
+    }),
+  );
+  ui.callListEmpty.hidden = rows.length > 0;
+}
+
+// ---- Server messages ---------------------------------------------------------------------
+
+function onHello(msg) {
+  state.hello = msg;
+  ui.agentName.textContent = msg.name || "";
+  fillReasons(msg.away_reasons);
+  if (msg.agent_id) loadLog(msg.agent_id);
+  ui.stateSelect.disabled = false;
+  clearAlert("connection");
+  clearAlert("fatal");
+  clearAlert("action");
+  onPresence(msg.presence ?? { state: "offline" });
+  media.start(Array.isArray(msg.ice_servers) ? msg.ice_servers : []);
+  loadDirectory();
+}
+
+function onError(msg) {
+  if (media.offerRefused(msg)) return; // reported through "negotiation-failed"
+  const action = msg.ref ? state.actions.get(msg.ref) : null;
+  if (action) {
+    state.actions.delete(msg.ref);
+    if (action.onError) action.onError(msg);
+  }
+  showAlert("action", errorText(msg), { ms: 8000 });
+}
+
+function onLeg(msg) {
+  if (typeof msg.state !== "string") return;
+  setLeg(msg.state);
+  media.legReport(msg.state);
+}
+
+signaling.addEventListener("message", (event) => {
+  const msg = event.detail;
+  switch (msg.type) {
+    case "hello":
+      onHello(msg);
+      break;
+    case "sdp_answer":
+      media.acceptAnswer(msg);
+      break;
+    case "presence":
+      onPresence(msg);
+      break;
+    case "offered":
+      onOffered(msg);
+      break;
+    case "call":
+      onCall(msg);
+      break;
+    case "leg":
+      onLeg(msg);
+      break;
+    case "error":
+      onError(msg);
+      break;
+    default:
+      break; // pong, and anything newer than this page
+  }
+});
+
+signaling.addEventListener("down", () => {
+  media.pause();
+  ui.stateSelect.disabled = true;
+  if (signaling.running) showAlert("connection", CONNECTION_LOST);
+  renderStatus();
+});
+
+signaling.addEventListener("fatal", (event) => {
+  const { code } = event.detail;
+  clearAlert("connection");
+  if (code === CLOSE_UNAUTHENTICATED) {
+    signOutLocally(SESSION_ENDED, { logout: true });
+    return;
+  }
+  media.stop();
+  ringer.stop();
+  closeOffer();
+  if (code === CLOSE_REPLACED) {
+    showAlert(
+      "fatal",
+      "The softphone was opened in another window or tab, so this one has stopped taking calls.",
+    );
+    ui.reconnectBtn.hidden = false;
+  } else if (code === CLOSE_NOT_AN_AGENT) {
+    showAlert(
+      "fatal",
+      "This account cannot take calls: it needs the agent role and a seat. Ask your administrator.",
+    );
+  }
+  renderStatus();
+});
+
+// ---- Audio leg events --------------------------------------------------------------------
+
+media.addEventListener("state", (event) => setLeg(event.detail));
+
+media.addEventListener("microphone-error", (event) => {
+  showAlert("mic", event.detail.message);
+  ui.micRetry.hidden = false;
+  watchMicrophonePermission();
+});
+
+media.addEventListener("microphone-ok", () => {
+  clearAlert("mic");
+  ui.micRetry.hidden = true;
+});
+
+media.addEventListener("negotiation-failed", (event) => {
+  if (!signaling.ready) return; // the connection alert says it all
+  showAlert("media", `The audio line could not be set up (${event.detail.message}). Retrying...`, {
+    ms: 10000,
+  });
+});
+
+media.addEventListener("autoplay-blocked", () => {
+  ui.audioUnlock.hidden = false;
+});
+
+function watchMicrophonePermission() {
+  if (state.permissionWatched || !navigator.permissions) return;
+  state.permissionWatched = true;
+  navigator.permissions
+    .query({ name: "microphone" })
+    .then((status) => {
+      status.addEventListener("change", () => {
+        if (status.state === "granted" && signaling.ready) media.retry();
+      });
+    })
+    .catch(() => {
+      // Not every browser can watch this permission; the retry button still works.
+    });
+}
+
+ui.micRetry.addEventListener("click", () => {
+  ringer.unlock();
+  media.retry();
+});
+
+ui.audioUnlock.addEventListener("click", () => {
+  ringer.unlock();
+  ui.audio.play().then(
+    () => {
+      ui.audioUnlock.hidden = true;
+    },
+    () => {},
+  );
+});
+
+ui.reconnectBtn.addEventListener("click", () => {
+  clearAlert("fatal");
+  connect();
+});
+
+// ---- Sign-in and sign-out ----------------------------------------------------------------
+
+ui.loginForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  ringer.unlock();
+  const email = ui.loginEmail.value.trim();
+  const password = ui.loginPassword.value;
+  if (!email || !password) {
+    showAlert("login", "Enter your email address and password.");
+    return;
+  }
+  clearAlert("login");
+  clearAlert("session");
+  ui.loginSubmit.disabled = true;
+  ui.loginSubmit.textContent = "Signing in...";
+  try {
+    await session.login(email, password);
+    ui.loginPassword.value = "";
+    showPhone();
+    connect();
+  } catch (err) {
+    showAlert("login", err instanceof AuthError ? err.message : "Sign-in failed. Try again.");
+    ui.loginPassword.focus();
+  } finally {
+    ui.loginSubmit.disabled = false;
+    ui.loginSubmit.textContent = "Sign in";
+  }
+});
+
+ui.logoutBtn.addEventListener("click", () => {
+  if (state.call && !window.confirm("You are on a call. Sign out anyway? The call may be cut off.")) {
+    return;
+  }
+  signaling.send("presence", { state: "offline" });
+  signOutLocally(null, { logout: true });
+});
+
+session.addEventListener("ended", () => signOutLocally(SESSION_ENDED));
+
+window.addEventListener("beforeunload", (event) => {
+  if (state.call) {
+    event.preventDefault();
+    event.returnValue = "";
+  }
+});
+
+window.addEventListener("online", () => signaling.retryNow());
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState !== "visible") return;
+  session.checkExpiry();
+  signaling.retryNow();
+});
+
+// ---- Clock -------------------------------------------------------------------------------
+
+function tick() {
+  tickOffer();
+  renderCallTimer();
+  renderWrapUpTimer();
+  if (state.presence && state.presence.state === "wrap_up") renderStatus();
+  if (state.call && state.call.connectedAt) renderLog();
+  const now = Date.now();
+  const call = state.call;
+  // No answer to hold or hang-up within a few seconds: let the agent try again.
+  if (call && (call.holdPending || call.hangingUp) && now - call.sentAt > 8000) {
+    call.holdPending = false;
+    call.hangingUp = false;
+    renderCall();
+  }
+  for (const [ref, action] of state.actions) {
+    if (now - action.at > 60_000) state.actions.delete(ref);
+  }
+}
+
+setInterval(tick, 500);
+
+// ---- Start -------------------------------------------------------------------------------
+
+fillReasons(null);
+renderLog();
+renderCall();
+if (session.restore()) {
+  showPhone();
+  connect();
+} else {
+  showLogin();
+}

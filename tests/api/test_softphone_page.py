@@ -1,0 +1,805 @@
+"""The browser softphone: the page and its modules are served with strict headers and nothing
+else is; every module parses and imports only files that are served; the page's own logic (call
+list, backoff, checks) in node; and the page driven in headless Chromium against a stand-in for
+the agent signaling endpoint that speaks the protocol and answers the audio leg with aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar, post, websocket
+from litestar.connection import WebSocket
+from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
+
+from api.controllers.softphone import (
+    CONTENT_SECURITY_POLICY,
+    DIRECTORY,
+    SoftphoneController,
+    served_files,
+)
+from runtime.embedded import free_port
+
+SPEC_IDS = (
+    "login-email login-password login-submit state-select away-reason status-line leg-state "
+    "offer-banner offer-from offer-contact offer-queue offer-waited offer-path answer-btn "
+    "reject-btn call-panel call-state hangup-btn hold-btn mute-btn keypad transfer-btn "
+    "transfer-kind transfer-to transfer-attended transfer-submit wrapup-form wrapup-code "
+    "wrapup-notes wrapup-submit call-list alert"
+).split()
+MODULES = sorted(p.name for p in DIRECTORY.glob("*.js"))
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed on this machine")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    app = Litestar(route_handlers=[SoftphoneController])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://switchboard.test") as c:
+        yield c
+
+
+def _assert_strict_headers(response: httpx.Response) -> None:
+    csp = response.headers["content-security-policy"]
+    assert csp == CONTENT_SECURITY_POLICY
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
+    assert directives["default-src"] == ["'self'"]
+    assert directives["script-src"] == ["'self'"]
+    assert directives["connect-src"] == ["'self'", "ws:", "wss:"]
+    assert directives["media-src"] == ["'self'", "blob:", "mediastream:"]
+    assert directives["style-src"] == ["'self'", "'unsafe-inline'"]
+    assert directives["frame-ancestors"] == ["'none'"]
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_page_is_served_as_html_with_a_strict_content_security_policy(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.get("/softphone")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    _assert_strict_headers(r)
+    assert r.content == (DIRECTORY / "index.html").read_bytes()
+
+
+async def test_the_page_has_every_element_the_tests_drive_and_no_inline_script(
+    client: httpx.AsyncClient,
+) -> None:
+    html = (await client.get("/softphone")).text
+    for element_id in SPEC_IDS:
+        assert len(re.findall(rf'\bid="{re.escape(element_id)}"', html)) == 1, element_id
+    keypad = html.split('id="keypad"', 1)[1].split("</div>", 1)[0]
+    assert re.findall(r'data-digit="([^"]+)"', keypad) == list("123456789*0#")
+    # script-src 'self' forbids inline code: every script is an external module.
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts
+    for attributes, body in scripts:
+        assert 'type="module"' in attributes and 'src="/softphone/' in attributes
+        assert body.strip() == ""
+    assert not re.search(r"\son[a-z]+=", html), "inline event handlers are blocked by the CSP"
+
+
+@pytest.mark.parametrize("name", [*MODULES, "softphone.css"])
+async def test_each_module_and_the_stylesheet_are_served_with_their_type(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    r = await client.get(f"/softphone/{name}")
+    assert r.status_code == 200
+    expected = "text/css" if name.endswith(".css") else "text/javascript"
+    assert r.headers["content-type"] == f"{expected}; charset=utf-8"
+    _assert_strict_headers(r)
+    assert r.content == (DIRECTORY / name).read_bytes()
+
+
+async def test_an_unchanged_file_is_revalidated_without_its_body(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await client.get("/softphone/app.js")
+    again = await client.get("/softphone/app.js", headers={"if-none-match": first.headers["etag"]})
+    assert again.status_code == 304
+    assert again.content == b""
+    stale = await client.get("/softphone/app.js", headers={"if-none-match": '"stale"'})
+    assert stale.status_code == 200 and stale.content == first.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/softphone/nope.js",
+        "/softphone/index.html",
+        "/softphone/APP.JS",
+        "/softphone/app.js.map",
+        "/softphone/x/app.js",
+        "/softphone/.hidden.js",
+    ],
+)
+async def test_names_outside_the_whitelist_are_not_found(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    assert (await client.get(path)).status_code == 404
+
+
+async def _raw_get(path: str) -> tuple[int, bytes]:
+    """A GET with the path exactly as given: no client normalises the dot segments away."""
+    app = Litestar(route_handlers=[SoftphoneController])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"switchboard.test")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("switchboard.test", 80),
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/softphone/../controllers/softphone.py",
+        "/softphone/..%2Fcontrollers%2Fsoftphone.py",
+        "/softphone/%2e%2e%2f%2e%2e%2fpyproject.toml",
+        "/softphone/..\\..\\pyproject.toml",
+        "/softphone/%2Fetc%2Fpasswd",
+    ],
+)
+async def test_path_traversal_is_refused(path: str) -> None:
+    status, body = await _raw_get(path)
+    assert status == 404
+    assert b"import" not in body and b"root:" not in body
+
+
+def _module_copy(tmp_path: Path) -> Path:
+    """The modules in a folder node reads as ES modules."""
+    folder = tmp_path / "softphone"
+    folder.mkdir()
+    for name in MODULES:
+        shutil.copy(DIRECTORY / name, folder / name)
+    (folder / "package.json").write_text('{"type": "module"}')
+    return folder
+
+
+@needs_node
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_passes_node_check(tmp_path: Path, name: str) -> None:
+    folder = _module_copy(tmp_path)
+    result = subprocess.run(
+        [str(NODE), "--check", str(folder / name)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+_IMPORT = re.compile(
+    r"""(?:^|[;\s])import\s*(?:[\w*{}\s,$]+\s*from\s*)?["']([^"']+)["']"""
+    r"""|\bimport\(\s*["']([^"']+)["']\s*\)"""
+    r"""|^\s*export\s+[^;]*?\bfrom\s*["']([^"']+)["']""",
+    re.M,
+)
+
+
+async def test_every_import_names_a_file_that_is_served(client: httpx.AsyncClient) -> None:
+    seen: set[str] = set()
+    for name in MODULES:
+        source = (DIRECTORY / name).read_text()
+        for match in _IMPORT.finditer(source):
+            target = next(g for g in match.groups() if g)
+            assert target.startswith("./") and "/" not in target[2:], (name, target)
+            seen.add(target[2:])
+            r = await client.get(f"/softphone/{target[2:]}")
+            assert r.status_code == 200, (name, target)
+            assert r.headers["content-type"].startswith("text/javascript")
+    # The modules import each other, and everything imported is a module on disk.
+    assert {"auth.js", "calls.js", "media.js", "ringer.js", "signaling.js"} <= seen
+    assert seen <= set(served_files())
+    html = (await client.get("/softphone")).text
+    for ref in re.findall(r'(?:src|href)="(/softphone/[^"]+)"', html):
+        assert (await client.get(ref)).status_code == 200, ref
+
+
+_LOGIC = """
+import { backoffSeconds } from "./signaling.js";
+import { CallLog, formatDuration, screenPop, transferProblem, wrapUpCode } from "./calls.js";
+
+const at = (hms) => `2026-03-02T${hms}Z`;
+const log = new CallLog();
+log.apply({ type: "call", call_id: "a", state: "ringing", direction: "inbound",
+            from_number: "+14155550101", to_number: "+14155550900", at: at("10:00:00") });
+log.apply({ type: "call", call_id: "a", state: "connected", direction: "inbound",
+            from_number: "+14155550101", to_number: "+14155550900", at: at("10:00:05") });
+log.apply({ type: "call", call_id: "a", state: "held", at: at("10:01:00") });
+log.apply({ type: "call", call_id: "a", state: "ended", cause: "caller_hangup", at: at("10:02:10") });
+log.apply({ type: "call", call_id: "b", state: "offer_withdrawn", direction: "inbound",
+            from_number: "+14155550102", at: at("11:00:00") });
+log.markRejected("c");
+log.apply({ type: "call", call_id: "c", state: "offer_withdrawn", direction: "inbound",
+            from_number: "+14155550103", at: at("12:00:00") });
+log.apply({ type: "call", call_id: "d", state: "ringing", direction: "outbound",
+            from_number: "+14155550900", to_number: "+14155550104", at: at("13:00:00") });
+log.apply({ type: "call", call_id: "d", state: "ended", cause: "no_answer", at: at("13:00:30") });
+const restored = new CallLog(JSON.parse(JSON.stringify(log)));
+
+console.log(JSON.stringify({
+  backoff: [0, 1, 2, 3, 4, 5, 12].map(backoffSeconds),
+  rows: log.describeAll().map((r) => [r.call_id, r.number, r.outcome, r.duration, r.cause]),
+  restored: restored.describeAll().map((r) => [r.call_id, r.outcome, r.duration]),
+  durations: [0, 9.7, 65, 3725].map(formatDuration),
+  transfer: [
+    transferProblem("number", "+14155550123"),
+    transferProblem("number", "4155550123"),
+    transferProblem("agent", "0190a000-0000-7000-8000-0000000000aa"),
+    transferProblem("queue", "sales"),
+  ].map((p) => p === null ? null : "refused"),
+  codes: ["", "  ", "resolved", "Follow up", "9lives", "x".repeat(33)].map(wrapUpCode),
+  pop: screenPop({
+    call_id: "a", queue_id: "q1", queue_name: null, from_number: "+14155550101",
+    to_number: "+14155550900", waited_seconds: 42.5, timeout_seconds: 20,
+    context: { contact: { name: "Ada", vip: true, blocked: false, company: "Acme" },
+               lookup: { tier: "gold", open_tickets: 2 }, path: ["welcome", "menu:2"],
+               language: "fr" },
+  }),
+}));
+"""
+
+
+@needs_node
+def test_the_call_list_backoff_and_input_checks_behave(tmp_path: Path) -> None:
+    folder = _module_copy(tmp_path)
+    (folder / "logic.js").write_text(_LOGIC)
+    result = subprocess.run(
+        [str(NODE), str(folder / "logic.js")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["backoff"] == [1, 2, 4, 8, 15, 15, 15]
+    assert out["rows"] == [
+        ["d", "+14155550104", "not answered", None, "no_answer"],
+        ["c", "+14155550103", "rejected", None, None],
+        ["b", "+14155550102", "missed", None, None],
+        ["a", "+14155550101", "answered", 125, "caller_hangup"],
+    ]
+    assert out["restored"] == [[r[0], r[2], r[3]] for r in out["rows"]]
+    assert out["durations"] == ["0:00", "0:09", "1:05", "1:02:05"]
+    assert out["transfer"] == [None, "refused", None, "refused"]
+    assert [c["code"] for c in out["codes"]] == [None, None, "resolved", "follow_up", None, None]
+    assert [c["error"] is None for c in out["codes"]] == [True, True, True, True, False, False]
+    pop = out["pop"]
+    assert pop["from"] == "+14155550101"
+    assert (pop["contactName"], pop["vip"], pop["blocked"]) == ("Ada", True, False)
+    assert pop["queue"] == "q1"
+    assert pop["path"] == ["welcome", "menu:2"]
+    assert pop["lookup"] == [["Tier", "gold"], ["Open tickets", "2"]]
+    assert pop["details"] == [["Company", "Acme"], ["Language", "fr"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The page in a browser, against a stand-in for /v1/agent/ws
+
+
+EMAIL = "agent@acme.test"
+PASSWORD = "Corr3ct-Horse-9"
+AGENT_ID = "0190a000-0000-7000-8000-000000000a01"
+CALL_ID = "0190a000-0000-7000-8000-0000000000c1"
+
+
+@dataclass
+class AgentLine:
+    """One softphone connection as the stand-in sees it."""
+
+    socket: WebSocket[Any, Any, Any]
+    inbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def expect(self, kind: str, timeout: float = 15) -> dict[str, Any]:
+        while True:
+            msg = await asyncio.wait_for(self.inbox.get(), timeout)
+            if msg.get("type") == "ping":
+                await self.send({"type": "pong", "id": msg.get("id")})
+                continue
+            assert msg.get("type") == kind, f"expected {kind}, got {msg}"
+            return msg
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        await self.socket.send_text(json.dumps(msg))
+
+
+@dataclass
+class StandIn:
+    base: str
+    lines: asyncio.Queue[AgentLine]
+    legs: list[Any]
+    heard_microphone: asyncio.Event
+
+    async def next_line(self, timeout: float = 15) -> AgentLine:
+        return await asyncio.wait_for(self.lines.get(), timeout)
+
+    async def answer_leg(self, line: AgentLine) -> dict[str, Any]:
+        """Reads the page's offer and answers it with an aiortc leg that sends audio."""
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc.mediastreams import AudioStreamTrack
+
+        offer = await line.expect("sdp_offer")
+        pc = RTCPeerConnection()
+        self.legs.append(pc)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            async def listen() -> None:
+                for _ in range(5):
+                    await track.recv()
+                self.heard_microphone.set()
+
+            asyncio.ensure_future(listen())
+
+        pc.addTrack(AudioStreamTrack())
+        # Only loopback candidates: media between the browser and the stand-in stays on lo.
+        sdp = "".join(
+            line_ + "\r\n"
+            for line_ in offer["sdp"].splitlines()
+            if not line_.startswith("a=candidate:") or " 127.0.0.1 " in line_
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await line.send(
+            {"type": "sdp_answer", "sdp": pc.localDescription.sdp, "node_id": "node-1"}
+        )
+        await line.send({"type": "leg", "state": "connecting"})
+        return offer
+
+
+def _hello(presence: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "agent_id": AGENT_ID,
+        "tenant_id": "0190a000-0000-7000-8000-0000000000f1",
+        "name": "Ada Agent",
+        "ice_servers": [],
+        "presence": presence,
+        "away_reasons": ["break", "lunch", "meeting"],
+    }
+
+
+def _presence(state: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "presence",
+        "state": state,
+        "reason": None,
+        "since": "2026-03-02T10:00:00Z",
+        "call_id": None,
+        "wrap_up_until": None,
+        "calls_handled": 0,
+        **extra,
+    }
+
+
+def _stand_in_app(lines: asyncio.Queue[AgentLine]) -> Litestar:
+    issued = {"n": 0}
+
+    def pair() -> dict[str, Any]:
+        issued["n"] += 1
+        return {
+            "access_token": f"access-{issued['n']}",
+            "token_type": "Bearer",
+            "expires_in": 900,
+            "refresh_token": f"refresh-{issued['n']}",
+        }
+
+    @post("/v1/auth/login", status_code=200)
+    async def login(data: dict[str, Any]) -> dict[str, Any]:
+        if data != {"email": EMAIL, "password": PASSWORD}:
+            raise NotAuthorizedException("Wrong credentials")
+        return pair()
+
+    @post("/v1/auth/refresh", status_code=200)
+    async def refresh(data: dict[str, Any]) -> dict[str, Any]:
+        if not str(data.get("refresh_token", "")).startswith("refresh-"):
+            raise NotAuthorizedException("Invalid token")
+        return pair()
+
+    @websocket("/v1/agent/ws")
+    async def agent_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+        line = AgentLine(socket)
+        await lines.put(line)
+        try:
+            while True:
+                line.inbox.put_nowait(json.loads(await socket.receive_text()))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            line.closed.set()
+
+    return Litestar(route_handlers=[SoftphoneController, login, refresh, agent_ws])
+
+
+@pytest.fixture
+async def stand_in(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIn]:
+    pytest.importorskip("aiortc", reason="aiortc answers the page's audio leg")
+    uvicorn = pytest.importorskip("uvicorn")
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    lines: asyncio.Queue[AgentLine] = asyncio.Queue()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _stand_in_app(lines), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
+    task = asyncio.ensure_future(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.025)
+    legs: list[Any] = []
+    try:
+        yield StandIn(f"http://127.0.0.1:{port}", lines, legs, asyncio.Event())
+    finally:
+        for pc in legs:
+            await pc.close()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    playwright_api = pytest.importorskip(
+        "playwright.async_api", reason="Playwright drives the page in Chromium"
+    )
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium on this machine")
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--use-fake-device-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def _open(browser: Any, stand_in: StandIn, *, microphone: bool = True) -> Any:
+    context = await browser.new_context()
+    if microphone:
+        await context.grant_permissions(["microphone"], origin=stand_in.base)
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(str(err)))
+    page.on(
+        "console",
+        lambda m: problems.append(m.text)
+        if m.type == "error" and "favicon" not in m.text
+        else None,
+    )
+    page.problems = problems
+    await page.goto(f"{stand_in.base}/softphone")
+    return page
+
+
+async def _sign_in(page: Any, stand_in: StandIn) -> AgentLine:
+    await page.fill("#login-email", EMAIL)
+    await page.fill("#login-password", PASSWORD)
+    await page.click("#login-submit")
+    line = await stand_in.next_line()
+    auth = await line.expect("auth")
+    assert auth["token"].startswith("access-")
+    return line
+
+
+async def _connect_leg(page: Any, stand_in: StandIn, line: AgentLine) -> None:
+    offer = await stand_in.answer_leg(line)
+    sdp = offer["sdp"]
+    assert sdp.count("m=audio") == 1 and "m=video" not in sdp
+    assert "a=sendrecv" in sdp
+    assert "a=candidate:" in sdp, "the offer waits for ICE gathering (non-trickle)"
+    await page.wait_for_function(
+        "window.softphone.pc && window.softphone.pc.connectionState === 'connected'",
+        timeout=20_000,
+    )
+    await line.send({"type": "leg", "state": "connected"})
+
+
+async def _expect_text(page: Any, selector: str, text: str, timeout: float = 10_000) -> None:
+    await page.wait_for_function(
+        "([s, t]) => (document.querySelector(s)?.textContent || '').includes(t)",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+
+
+async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
+    browser: Any, stand_in: StandIn
+) -> None:
+    page = await _open(browser, stand_in)
+    await page.fill("#login-email", EMAIL)
+    await page.fill("#login-password", "wrong-password-1")
+    await page.click("#login-submit")
+    await _expect_text(page, "#alert", "Wrong email or password.")
+
+    line = await _sign_in(page, stand_in)
+    await line.send(_hello(None))
+    await _connect_leg(page, stand_in, line)
+    await asyncio.wait_for(stand_in.heard_microphone.wait(), 10)
+    await _expect_text(page, "#leg-state", "connected")
+
+    # The caller's audio arrives in the remote stream the <audio> element plays.
+    await page.wait_for_function(
+        """async () => {
+            const s = window.softphone.remoteStream;
+            if (!s || s.getAudioTracks()[0]?.readyState !== 'live') return false;
+            if (document.getElementById('remote-audio').srcObject !== s) return false;
+            const stats = await window.softphone.pc.getStats();
+            return [...stats.values()].some(
+                (r) => r.type === 'inbound-rtp' && r.kind === 'audio' && r.packetsReceived > 0);
+        }""",
+        timeout=10_000,
+    )
+    assert await page.get_attribute("#agent-name", "id") == "agent-name"
+    await _expect_text(page, "#agent-name", "Ada Agent")
+
+    # Going available: refused first (no_media), then accepted.
+    await page.select_option("#state-select", "available")
+    ask = await line.expect("presence")
+    assert ask["state"] == "available" and "reason" not in ask
+    await line.send(
+        {"type": "error", "code": "no_media", "message": "no media", "ref": ask["ref"]}
+    )
+    await _expect_text(page, "#alert", "audio line is not connected yet")
+    assert await page.input_value("#state-select") == "offline"
+    await page.select_option("#state-select", "available")
+    await line.expect("presence")
+    await line.send(_presence("available"))
+    await _expect_text(page, "#status-line", "Available")
+    assert await page.evaluate("window.softphone.state") == "available"
+
+    # Away with a reason from hello's list.
+    assert await page.eval_on_selector_all(
+        "#away-reason option", "os => os.map(o => o.value)"
+    ) == ["break", "lunch", "meeting"]
+    await page.select_option("#away-reason", "lunch")
+    await page.select_option("#state-select", "away")
+    away = await line.expect("presence")
+    assert (away["state"], away["reason"]) == ("away", "lunch")
+    await line.send(_presence("away", reason="lunch"))
+    await _expect_text(page, "#status-line", "Away (Lunch)")
+    await page.select_option("#state-select", "available")
+    await line.expect("presence")
+    await line.send(_presence("available"))
+
+    # An offer with its screen pop.
+    offered = {
+        "type": "offered",
+        "call_id": CALL_ID,
+        "queue_id": "0190a000-0000-7000-8000-0000000000b1",
+        "queue_name": "Support",
+        "from_number": "+14155550101",
+        "to_number": "+14155550900",
+        "waited_seconds": 42.0,
+        "timeout_seconds": 30,
+        "context": {
+            "contact": {"name": "Grace Hopper", "vip": True, "blocked": False},
+            "lookup": {"tier": "gold"},
+            "path": ["welcome", "support_menu"],
+            "language": "<b>fr</b>",
+        },
+    }
+    await line.send(offered)
+    await page.wait_for_selector("#offer-banner", state="visible")
+    assert await page.text_content("#offer-from") == "+14155550101"
+    assert "Grace Hopper" in (await page.text_content("#offer-contact") or "")
+    assert "VIP" in (await page.text_content("#offer-contact") or "")
+    assert await page.text_content("#offer-queue") == "Support"
+    assert "welcome" in (await page.text_content("#offer-path") or "")
+    assert (await page.text_content("#offer-waited") or "").startswith("0:4")
+    assert "Gold" not in (await page.text_content("#offer-lookup") or "")  # values as sent
+    assert "gold" in (await page.text_content("#offer-lookup") or "")
+    # Context from the flow is shown as text, never as markup.
+    assert await page.text_content("#offer-details") == "Language<b>fr</b>"
+    assert await page.evaluate("window.softphone.lastOffer.call_id") == CALL_ID
+    countdown = int(await page.text_content("#offer-countdown") or "0")
+    assert 25 <= countdown <= 30
+
+    await page.click("#answer-btn")
+    assert (await line.expect("answer"))["call_id"] == CALL_ID
+    call = {
+        "type": "call",
+        "call_id": CALL_ID,
+        "from_number": "+14155550101",
+        "to_number": "+14155550900",
+        "direction": "inbound",
+    }
+    await line.send({**call, "state": "connected", "at": "2026-03-02T10:00:05Z"})
+    await page.wait_for_selector("#call-panel", state="visible")
+    await page.wait_for_selector("#offer-banner", state="hidden")
+    await _expect_text(page, "#call-state", "connected")
+
+    # Mute: the message goes out and the microphone track goes silent here too.
+    await page.click("#mute-btn")
+    mute = await line.expect("mute")
+    assert (mute["call_id"], mute["muted"]) == (CALL_ID, True)
+    assert await page.evaluate(
+        "window.softphone.pc.getSenders().every(s => !s.track || !s.track.enabled)"
+    )
+    assert await page.get_attribute("#mute-btn", "aria-pressed") == "true"
+    await page.click("#mute-btn")
+    assert (await line.expect("mute"))["muted"] is False
+    assert await page.evaluate("window.softphone.pc.getSenders().some(s => s.track?.enabled)")
+
+    # Hold and resume follow the server's call state.
+    await page.click("#hold-btn")
+    assert (await line.expect("hold"))["call_id"] == CALL_ID
+    await line.send({**call, "state": "held", "at": "2026-03-02T10:00:20Z"})
+    await _expect_text(page, "#hold-btn", "Resume")
+    await page.click("#hold-btn")
+    assert (await line.expect("resume"))["call_id"] == CALL_ID
+    await line.send({**call, "state": "connected", "at": "2026-03-02T10:00:30Z"})
+    await _expect_text(page, "#hold-btn", "Hold")
+
+    # Keypad, by click and by keyboard.
+    await page.click('#keypad button[data-digit="5"]')
+    assert (await line.expect("dtmf"))["digits"] == "5"
+    await page.focus('#keypad button[data-digit="1"]')
+    await page.keyboard.press("#")
+    assert (await line.expect("dtmf"))["digits"] == "#"
+    await _expect_text(page, "#dtmf-sent", "5#")
+
+    # Transfer: a bad number is refused on the page, a good one is sent.
+    await page.click("#transfer-btn")
+    await page.select_option("#transfer-kind", "number")
+    await page.fill("#transfer-to", "555-0199")
+    await page.click("#transfer-submit")
+    await _expect_text(page, "#transfer-error", "international format")
+    await page.fill("#transfer-to", "+1 (415) 555-0199")
+    await page.check("#transfer-attended")
+    await page.click("#transfer-submit")
+    transfer = await line.expect("transfer")
+    assert transfer == {
+        "type": "transfer",
+        "call_id": CALL_ID,
+        "to_kind": "number",
+        "to": "+14155550199",
+        "attended": True,
+        "ref": transfer["ref"],
+    }
+
+    # The call ends; wrap-up shows while the agent is in wrap-up.
+    await page.click("#hangup-btn")
+    assert (await line.expect("hangup"))["call_id"] == CALL_ID
+    await line.send(
+        {**call, "state": "ended", "cause": "agent_hangup", "at": "2026-03-02T10:02:10Z"}
+    )
+    await page.wait_for_selector("#call-panel", state="hidden")
+    assert await page.is_hidden("#wrapup-form")
+    await line.send(
+        _presence(
+            "wrap_up", call_id=CALL_ID, wrap_up_until="2099-01-01T00:00:00Z", calls_handled=1
+        )
+    )
+    await page.wait_for_selector("#wrapup-form", state="visible")
+    await page.fill("#wrapup-code", "Follow up")
+    await page.fill("#wrapup-notes", "Wants a callback on Monday.")
+    await page.click("#wrapup-submit")
+    wrap = await line.expect("wrap_up")
+    assert (wrap["call_id"], wrap["code"], wrap["notes"]) == (
+        CALL_ID,
+        "follow_up",
+        "Wants a callback on Monday.",
+    )
+    await page.wait_for_selector("#wrapup-form", state="hidden")
+
+    rows = await page.eval_on_selector_all(
+        "#call-list tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert len(rows) == 1
+    assert rows[0][1:] == ["+14155550101", "In", "2:05", "Answered - Agent hangup"]
+    assert page.problems == []
+
+
+async def test_the_page_reconnects_and_renegotiates_its_audio_leg(
+    browser: Any, stand_in: StandIn
+) -> None:
+    page = await _open(browser, stand_in)
+    line = await _sign_in(page, stand_in)
+    await line.send(_hello(_presence("available")))
+    await _connect_leg(page, stand_in, line)
+    first = await page.evaluate_handle("window.softphone.pc")
+
+    # The node reports the leg failed: a new offer on the same connection.
+    await line.send({"type": "leg", "state": "failed"})
+    await _connect_leg(page, stand_in, line)
+    assert await page.evaluate("pc => pc !== window.softphone.pc", first)
+
+    # The connection drops: a plain message, then a new connection after about a second that
+    # authenticates again and renegotiates.
+    await line.socket.close(code=1011)
+    await _expect_text(page, "#alert", "Connection lost - reconnecting...")
+    again = await stand_in.next_line(timeout=10)
+    assert (await again.expect("auth"))["token"].startswith("access-")
+    await again.send(_hello(_presence("available")))
+    await _connect_leg(page, stand_in, again)
+    await page.wait_for_function(
+        "!document.getElementById('alert').textContent.includes('Connection lost')"
+    )
+    await _expect_text(page, "#status-line", "Available")
+
+    # Replaced by another window: say so and stay quiet until asked.
+    await again.socket.close(code=4409)
+    await _expect_text(page, "#alert", "opened in another window")
+    with pytest.raises(TimeoutError):
+        await stand_in.next_line(timeout=2.5)
+    await page.click("#reconnect-btn")
+    third = await stand_in.next_line()
+    await third.expect("auth")
+
+    # A reload keeps the agent signed in (sessionStorage) and connects again.
+    await page.reload()
+    fourth = await stand_in.next_line()
+    await fourth.expect("auth")
+    await fourth.send(_hello(_presence("offline")))
+    await _connect_leg(page, stand_in, fourth)
+    await page.wait_for_selector("#phone-view", state="visible")
+    assert page.problems == []
+
+
+async def test_a_denied_microphone_gets_a_plain_message(browser: Any, stand_in: StandIn) -> None:
+    page = await _open(browser, stand_in, microphone=False)
+    await page.evaluate(
+        """() => {
+            navigator.mediaDevices.getUserMedia = () =>
+                Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+        }"""
+    )
+    line = await _sign_in(page, stand_in)
+    await line.send(_hello(None))
+    await _expect_text(page, "#alert", "Allow microphone access to take calls")
+    assert await page.is_visible("#mic-retry")
+    with contextlib.suppress(TimeoutError):
+        msg = await line.expect("sdp_offer", timeout=1)
+        raise AssertionError(f"no offer without a microphone, got {msg}")
