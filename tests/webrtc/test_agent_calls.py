@@ -130,3 +130,43 @@ async def test_the_softphone_socket_refuses_bad_tokens_and_bad_messages(floor: F
         assert (await phone.expect("error", after=start))["code"] == "no_media"
     finally:
         await phone.close()
+
+
+async def test_when_the_agents_connection_drops_the_caller_hears_hold_music_until_it_is_back(
+    floor: Floor,
+) -> None:
+    phone = await _signed_in(floor)
+    try:
+        caller = floor.call()
+        offered = await phone.expect("offered", timeout=20)
+        call_id = offered["call_id"]
+        await phone.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
+        await asyncio.sleep(1.0)
+        assert await caller.hears(AGENT_TONE) > 0.5
+
+        # The browser's connection goes away mid-call.
+        assert phone.pc is not None
+        start = len(phone.messages)
+        await phone.pc.close()
+        await phone.expect("leg", lambda m: m["state"] in ("closed", "failed"), after=start)
+        await asyncio.sleep(0.3)
+        on_hold = await caller.hears(AGENT_TONE)
+        assert on_hold < 0.1
+        assert floor.node.node.calls, "the caller is still on the line"
+
+        # The softphone renegotiates; the same call carries on.
+        start = len(phone.messages)
+        await phone.connect_media()
+        await phone.expect("leg", lambda m: m["state"] == "connected", after=start)
+        await asyncio.sleep(0.5)
+        assert await caller.hears(AGENT_TONE) > 0.5
+        heard_from = len(phone.heard)
+        await asyncio.sleep(1.0)
+        assert tone_power(bytes(phone.heard[heard_from:]), phone.heard_rate, CALLER_TONE) > 0.5
+
+        await phone.ask({"type": "hangup", "call_id": call_id}, "call", state="ended")
+        result = await caller.result()
+        assert result.ok, result.explain()
+        assert len(floor.timeline.of("call.offer_answered")) == 1
+    finally:
+        await phone.close()
