@@ -6,12 +6,14 @@ Everything is signed 16-bit little-endian mono PCM ("s16le") unless a name says 
 nothing here needs numpy: the spectrum is a small radix-2 FFT, the single-frequency check a
 Goertzel filter, both fast enough for the few seconds of audio a test looks at.
 
-Chromium's `--use-file-for-fake-audio-capture=<wav>` reads the file with its own WAV parser
-(`media::WavAudioHandler`): PCM (8, 16, 24 or 32-bit integer) or 32-bit float, any channel
-count, and resamples from the file's rate to the capture rate (48 kHz on Linux), so 8, 16, 44.1
-and 48 kHz all work; 16-bit mono at 48 kHz needs no resampling and is what `write_tone_wav`
-writes. The file loops for as long as the capture runs; a `%noloop` suffix after the path plays
-it once and then delivers silence.
+Chromium's fake microphone (`--use-file-for-fake-audio-capture=<wav>`), as measured with
+Chromium 156 headless on Linux: the capture runs at 44.1 kHz stereo whatever the file, which
+Chromium resamples; mono or stereo PCM of 8, 16 or 32 bits at 8, 16, 22.05, 44.1, 48 and 96 kHz
+all play, while 24-bit PCM and μ-law WAVs give silence without any error. `write_tone_wav`
+writes 16-bit mono at 48 kHz. The file loops for as long as the capture runs, seamlessly when it
+holds a whole number of cycles (1 s of 440 Hz, say). With `%noloop` after the path it plays
+once, after which its last buffer (about 10 ms) repeats forever rather than going silent: a
+file meant to end in silence must itself end with silence.
 """
 
 from __future__ import annotations
@@ -270,14 +272,10 @@ def _hann(size: int) -> list[float]:
 
 
 def _fft(values: Sequence[float]) -> list[complex]:
-    """Iterative radix-2 FFT; `len(values)` is a power of two."""
+    """Iterative radix-2 FFT; `len(values)` is a power of two, at least 2."""
     n = len(values)
     bits = n.bit_length() - 1
-    out = (
-        [complex(values[int(f"{i:0{bits}b}"[::-1], 2)]) for i in range(n)]
-        if bits
-        else [complex(values[0])]
-    )
+    out = [complex(values[int(f"{i:0{bits}b}"[::-1], 2)]) for i in range(n)]
     span = 2
     while span <= n:
         half = span // 2

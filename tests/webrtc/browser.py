@@ -4,6 +4,17 @@ The browser is the distribution's Chromium (`/usr/bin/chromium`), never a Playwr
 Its microphone is a WAV file (`--use-file-for-fake-audio-capture`, looped for as long as the
 capture runs; see `tests.media.tones` for the formats it takes) and what the page receives over
 WebRTC is measured inside the page with WebAudio, so a test can say "the agent hears 1 kHz".
+
+What Chromium (156, headless) needs for that:
+- remote WebRTC audio reaches WebAudio only while a media element plays the stream (muted is
+  enough); without one the analyser hears silence. `remote_spectrum` attaches one itself;
+- getUserMedia's default processing (echo cancellation, noise suppression, gain control) fades
+  a steady tone by about 15 dB within 3 s: a page that measures levels turns all three off.
+  The tone's share of what is left stays high either way;
+- WebRTC leaves the loopback interface out of ICE unless `--allow-loopback-in-peer-connection`
+  is given: on a machine with only `lo` a peer connection never connects;
+- `--no-sandbox` when running as root. Playwright adds `--mute-audio` in headless mode, which
+  silences the speakers only, not what WebAudio analyses.
 """
 
 from __future__ import annotations
@@ -55,8 +66,8 @@ def chromium_args(fake_audio_wav: Path, *, loop_audio: bool = True) -> list[str]
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={capture}",
         "--autoplay-policy=no-user-gesture-required",
-        # Without it WebRTC leaves the loopback interface out of ICE: a machine (or container)
-        # with nothing but lo could not connect at all, and the media node listens on 127.0.0.1.
+        # Without it ICE leaves out the loopback interface, where the media node listens in tests,
+        # and a machine with nothing but lo cannot connect at all.
         "--allow-loopback-in-peer-connection",
     ]
 
@@ -65,13 +76,18 @@ def chromium_args(fake_audio_wav: Path, *, loop_audio: bool = True) -> list[str]
 async def chromium_page(
     fake_audio_wav: Path, *, loop_audio: bool = True, extra_args: Sequence[str] = ()
 ) -> AsyncIterator[Page]:
-    """A page in a fresh headless Chromium (microphone allowed); everything is closed after."""
+    """A page in a fresh headless Chromium (microphone allowed); everything is closed after.
+
+    With `loop_audio=False` the WAV plays once; it should end with silence (see
+    `tests.media.tones`: Chromium repeats the file's last buffer after the end).
+    """
     if not fake_audio_wav.is_file():
         raise FileNotFoundError(fake_audio_wav)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,
+            timeout=30_000,
             # Playwright's own headless switch is replaced by the explicit --headless=new.
             ignore_default_args=["--headless"],
             args=[*chromium_args(fake_audio_wav, loop_audio=loop_audio), *extra_args],

@@ -288,7 +288,7 @@ async def test_sipp_plays_a_generated_tone_pcap_to_the_caller(
 
 # The agent's microphone goes out of pc1 as PCMU and comes back in through pc2, whose remote
 # stream stands where the softphone's will be. Echo cancellation, noise suppression and gain
-# control are off: noise suppression fades a steady tone by about 15 dB within 3 seconds.
+# control are off: together they fade a steady tone by about 15 dB within 3 seconds.
 LOOPBACK_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>loopback</title></head><body><script>
 window.softphone = {};
