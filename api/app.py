@@ -22,6 +22,7 @@ from api.controllers.flows import FlowController, NumberRoutingController
 from api.controllers.health import HealthController
 from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
+from api.controllers.softphone import SoftphoneController
 from api.controllers.prompts import PromptController
 from api.controllers.queues import AgentSkillController, QueueController, SkillController
 from api.controllers.sso import SsoController, SsoSignInController
@@ -144,6 +145,7 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             VoicemailController,
             IntegrationController,
             PagesController,
+            SoftphoneController,
             agent_socket,
         ],
         state=State({"deps": deps}),

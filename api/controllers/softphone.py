@@ -15,6 +15,7 @@ DIRECTORY = Path(__file__).resolve().parent.parent / "static" / "softphone"
 MEDIA_TYPES = {
     ".js": "text/javascript",
     ".css": "text/css",
+    ".svg": "image/svg+xml",
 }
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; "

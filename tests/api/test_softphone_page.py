@@ -92,14 +92,20 @@ async def test_the_page_has_every_element_the_tests_drive_and_no_inline_script(
     assert not re.search(r"\son[a-z]+=", html), "inline event handlers are blocked by the CSP"
 
 
-@pytest.mark.parametrize("name", [*MODULES, "softphone.css"])
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        *((m, "text/javascript; charset=utf-8") for m in MODULES),
+        ("softphone.css", "text/css; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml"),
+    ],
+)
 async def test_each_module_and_the_stylesheet_are_served_with_their_type(
-    client: httpx.AsyncClient, name: str
+    client: httpx.AsyncClient, name: str, content_type: str
 ) -> None:
     r = await client.get(f"/softphone/{name}")
     assert r.status_code == 200
-    expected = "text/css" if name.endswith(".css") else "text/javascript"
-    assert r.headers["content-type"] == f"{expected}; charset=utf-8"
+    assert r.headers["content-type"] == content_type
     _assert_strict_headers(r)
     assert r.content == (DIRECTORY / name).read_bytes()
 
@@ -349,7 +355,7 @@ class StandIn:
     async def answer_leg(self, line: AgentLine) -> dict[str, Any]:
         """Reads the page's offer and answers it with an aiortc leg that sends audio."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
-        from aiortc.mediastreams import AudioStreamTrack
+        from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
         offer = await line.expect("sdp_offer")
         pc = RTCPeerConnection()
@@ -358,9 +364,10 @@ class StandIn:
         @pc.on("track")
         def on_track(track: Any) -> None:
             async def listen() -> None:
-                for _ in range(5):
-                    await track.recv()
-                self.heard_microphone.set()
+                with contextlib.suppress(MediaStreamError):
+                    for _ in range(5):
+                        await track.recv()
+                    self.heard_microphone.set()
 
             asyncio.ensure_future(listen())
 
@@ -512,12 +519,7 @@ async def _open(browser: Any, stand_in: StandIn, *, microphone: bool = True) -> 
     page = await context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda err: problems.append(str(err)))
-    page.on(
-        "console",
-        lambda m: problems.append(m.text)
-        if m.type == "error" and "favicon" not in m.text
-        else None,
-    )
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.problems = problems
     await page.goto(f"{stand_in.base}/softphone")
     return page
@@ -540,7 +542,7 @@ async def _connect_leg(page: Any, stand_in: StandIn, line: AgentLine) -> None:
     assert "a=sendrecv" in sdp
     assert "a=candidate:" in sdp, "the offer waits for ICE gathering (non-trickle)"
     await page.wait_for_function(
-        "window.softphone.pc && window.softphone.pc.connectionState === 'connected'",
+        "() => window.softphone.pc && window.softphone.pc.connectionState === 'connected'",
         timeout=20_000,
     )
     await line.send({"type": "leg", "state": "connected"})
@@ -562,6 +564,7 @@ async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
     await page.fill("#login-password", "wrong-password-1")
     await page.click("#login-submit")
     await _expect_text(page, "#alert", "Wrong email or password.")
+    page.problems.clear()  # Chromium logs the 401 itself
 
     line = await _sign_in(page, stand_in)
     await line.send(_hello(None))
@@ -581,7 +584,6 @@ async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
         }""",
         timeout=10_000,
     )
-    assert await page.get_attribute("#agent-name", "id") == "agent-name"
     await _expect_text(page, "#agent-name", "Ada Agent")
 
     # Going available: refused first (no_media), then accepted.
@@ -638,7 +640,6 @@ async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
     assert await page.text_content("#offer-queue") == "Support"
     assert "welcome" in (await page.text_content("#offer-path") or "")
     assert (await page.text_content("#offer-waited") or "").startswith("0:4")
-    assert "Gold" not in (await page.text_content("#offer-lookup") or "")  # values as sent
     assert "gold" in (await page.text_content("#offer-lookup") or "")
     # Context from the flow is shown as text, never as markup.
     assert await page.text_content("#offer-details") == "Language<b>fr</b>"
@@ -765,7 +766,7 @@ async def test_the_page_reconnects_and_renegotiates_its_audio_leg(
     await again.send(_hello(_presence("available")))
     await _connect_leg(page, stand_in, again)
     await page.wait_for_function(
-        "!document.getElementById('alert').textContent.includes('Connection lost')"
+        "() => !document.getElementById('alert').textContent.includes('Connection lost')"
     )
     await _expect_text(page, "#status-line", "Available")
 
@@ -788,14 +789,8 @@ async def test_the_page_reconnects_and_renegotiates_its_audio_leg(
     assert page.problems == []
 
 
-async def test_a_denied_microphone_gets_a_plain_message(browser: Any, stand_in: StandIn) -> None:
+async def test_a_denied_microphone_gets_a_plain_message_until_it_is_allowed(browser: Any, stand_in: StandIn) -> None:
     page = await _open(browser, stand_in, microphone=False)
-    await page.evaluate(
-        """() => {
-            navigator.mediaDevices.getUserMedia = () =>
-                Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
-        }"""
-    )
     line = await _sign_in(page, stand_in)
     await line.send(_hello(None))
     await _expect_text(page, "#alert", "Allow microphone access to take calls")
@@ -803,3 +798,9 @@ async def test_a_denied_microphone_gets_a_plain_message(browser: Any, stand_in: 
     with contextlib.suppress(TimeoutError):
         msg = await line.expect("sdp_offer", timeout=1)
         raise AssertionError(f"no offer without a microphone, got {msg}")
+
+    # Once allowed, the page notices by itself, sets the leg up and the message goes away.
+    await page.context.grant_permissions(["microphone"], origin=stand_in.base)
+    await _connect_leg(page, stand_in, line)
+    await page.wait_for_selector("#mic-retry", state="hidden")
+    assert "microphone" not in (await page.text_content("#alert") or "")

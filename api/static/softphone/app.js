@@ -587,9 +587,9 @@ function onCall(msg) {
     if (msg.direction === "inbound" || msg.direction === "outbound") call.direction = msg.direction;
     const number = call.direction === "outbound" ? msg.to_number : msg.from_number;
     if (number) call.number = String(number);
+    // The talk timer runs on this computer's clock: its clock and the server's may differ.
     if ((callState === "connected" || callState === "held") && !call.connectedAt) {
-      const at = Date.parse(msg.at ?? "");
-      call.connectedAt = Number.isFinite(at) ? Math.min(at, Date.now()) : Date.now();
+      call.connectedAt = Date.now();
     }
     call.holdPending = false;
     renderCall();
@@ -743,11 +743,13 @@ function renderDirectory() {
   ui.transferTo.inputMode = kind === "number" ? "tel" : "text";
 }
 
-// Supervisors may list queues and colleagues; an agent's token usually may not, and then the
-// IDs are typed or pasted.
+// Supervisors may list queues and colleagues; an agent may not, and types or pastes the IDs.
+const DIRECTORY_ROLES = new Set(["owner", "admin", "supervisor"]);
+
 async function loadDirectory() {
   if (state.directoryLoaded) return;
   state.directoryLoaded = true;
+  if (!DIRECTORY_ROLES.has(session.role)) return;
   let token;
   try {
     token = await session.accessToken();
@@ -958,7 +960,12 @@ function cell(text, className = "") {
 }
 
 function renderLog() {
-  const rows = state.log.describeAll();
+  const live = state.call && state.call.connectedAt ? state.call : null;
+  const rows = state.log.describeAll().map((row) =>
+    live && row.call_id === live.call_id && !row.ended_at
+      ? { ...row, duration: (Date.now() - live.connectedAt) / 1000 }
+      : row,
+  );
   ui.callList.replaceChildren(
     ...rows.map((row) => {
       const tr = document.createElement("tr");

@@ -40,6 +40,17 @@ async function loginFailure(response) {
   return problemText(response, `Sign-in failed (HTTP ${response.status}).`);
 }
 
+/** The claims of a JWT, unverified: only to shape the page, never to trust. */
+function claimsOf(token) {
+  try {
+    const part = token.split(".")[1];
+    const base64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "=")));
+  } catch {
+    return {};
+  }
+}
+
 function post(path, body) {
   return fetch(path, {
     method: "POST",
@@ -67,6 +78,13 @@ export class Session extends EventTarget {
 
   get signedIn() {
     return this.#tokens !== null;
+  }
+
+  /** The user's role from the access token (owner, admin, supervisor, agent, ...), or null. */
+  get role() {
+    if (!this.#tokens) return null;
+    const role = claimsOf(this.#tokens.accessToken).role;
+    return typeof role === "string" ? role : null;
   }
 
   /** Picks up the tokens this tab kept across a reload. */

@@ -186,7 +186,8 @@ export class CallLog {
     else if (row.state === "offer_withdrawn") outcome = "missed";
     else if (row.state === "ended") outcome = row.direction === "outbound" ? "not answered" : "missed";
     else outcome = row.state === "ringing" ? "ringing" : String(row.state ?? "");
-    const duration = row.connected_at ? seconds(row.connected_at, row.ended_at ?? new Date().toISOString()) : null;
+    // Both ends on the server's clock; a call still going has no duration yet.
+    const duration = row.connected_at && row.ended_at ? seconds(row.connected_at, row.ended_at) : null;
     return { ...row, outcome, duration };
   }
 
