@@ -22,9 +22,9 @@ from api.controllers.flows import FlowController, NumberRoutingController
 from api.controllers.health import HealthController
 from api.controllers.numbers import NumberController, SeatController
 from api.controllers.pages import PagesController
-from api.controllers.softphone import SoftphoneController
 from api.controllers.prompts import PromptController
 from api.controllers.queues import AgentSkillController, QueueController, SkillController
+from api.controllers.softphone import SoftphoneController
 from api.controllers.sso import SsoController, SsoSignInController
 from api.controllers.tenant import (
     ApiKeyController,
