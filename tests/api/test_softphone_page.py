@@ -31,12 +31,39 @@ from api.controllers.softphone import (
 from runtime.embedded import free_port
 
 SPEC_IDS = (
-    "login-email login-password login-submit state-select away-reason status-line leg-state "
-    "offer-banner offer-from offer-contact offer-queue offer-waited offer-path answer-btn "
-    "reject-btn call-panel call-state hangup-btn hold-btn mute-btn keypad transfer-btn "
-    "transfer-kind transfer-to transfer-attended transfer-submit wrapup-form wrapup-code "
-    "wrapup-notes wrapup-submit call-list alert"
-).split()
+    "login-email",
+    "login-password",
+    "login-submit",
+    "state-select",
+    "away-reason",
+    "status-line",
+    "leg-state",
+    "offer-banner",
+    "offer-from",
+    "offer-contact",
+    "offer-queue",
+    "offer-waited",
+    "offer-path",
+    "answer-btn",
+    "reject-btn",
+    "call-panel",
+    "call-state",
+    "hangup-btn",
+    "hold-btn",
+    "mute-btn",
+    "keypad",
+    "transfer-btn",
+    "transfer-kind",
+    "transfer-to",
+    "transfer-attended",
+    "transfer-submit",
+    "wrapup-form",
+    "wrapup-code",
+    "wrapup-notes",
+    "wrapup-submit",
+    "call-list",
+    "alert",
+)
 MODULES = sorted(p.name for p in DIRECTORY.glob("*.js"))
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed on this machine")
@@ -45,7 +72,7 @@ needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed on t
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = Litestar(route_handlers=[SoftphoneController])
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://switchboard.test") as c:
         yield c
 
@@ -87,7 +114,8 @@ async def test_the_page_has_every_element_the_tests_drive_and_no_inline_script(
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
     assert scripts
     for attributes, body in scripts:
-        assert 'type="module"' in attributes and 'src="/softphone/' in attributes
+        assert 'type="module"' in attributes
+        assert 'src="/softphone/' in attributes
         assert body.strip() == ""
     assert not re.search(r"\son[a-z]+=", html), "inline event handlers are blocked by the CSP"
 
@@ -118,7 +146,8 @@ async def test_an_unchanged_file_is_revalidated_without_its_body(
     assert again.status_code == 304
     assert again.content == b""
     stale = await client.get("/softphone/app.js", headers={"if-none-match": '"stale"'})
-    assert stale.status_code == 200 and stale.content == first.content
+    assert stale.status_code == 200
+    assert stale.content == first.content
 
 
 @pytest.mark.parametrize(
@@ -182,7 +211,8 @@ async def _raw_get(path: str) -> tuple[int, bytes]:
 async def test_path_traversal_is_refused(path: str) -> None:
     status, body = await _raw_get(path)
     assert status == 404
-    assert b"import" not in body and b"root:" not in body
+    assert b"import" not in body
+    assert b"root:" not in body
 
 
 def _module_copy(tmp_path: Path) -> Path:
@@ -206,9 +236,9 @@ def test_every_module_passes_node_check(tmp_path: Path, name: str) -> None:
 
 
 _IMPORT = re.compile(
-    r"""(?:^|[;\s])import\s*(?:[\w*{}\s,$]+\s*from\s*)?["']([^"']+)["']"""
+    r"""^\s*import\s+(?:[\w*{}\s,$]+?\s+from\s+)?["']([^"']+)["']"""
     r"""|\bimport\(\s*["']([^"']+)["']\s*\)"""
-    r"""|^\s*export\s+[^;]*?\bfrom\s*["']([^"']+)["']""",
+    r"""|^\s*export\s+(?:\*(?:\s+as\s+\w+)?|\{[^}]*\})\s*from\s*["']([^"']+)["']""",
     re.M,
 )
 
@@ -219,13 +249,14 @@ async def test_every_import_names_a_file_that_is_served(client: httpx.AsyncClien
         source = (DIRECTORY / name).read_text()
         for match in _IMPORT.finditer(source):
             target = next(g for g in match.groups() if g)
-            assert target.startswith("./") and "/" not in target[2:], (name, target)
+            assert target.startswith("./"), (name, target)
+            assert "/" not in target[2:], (name, target)
             seen.add(target[2:])
             r = await client.get(f"/softphone/{target[2:]}")
             assert r.status_code == 200, (name, target)
             assert r.headers["content-type"].startswith("text/javascript")
     # The modules import each other, and everything imported is a module on disk.
-    assert {"auth.js", "calls.js", "media.js", "ringer.js", "signaling.js"} <= seen
+    assert {"auth.js", "calls.js", "media.js", "ringer.js", "signaling.js", "ui.js"} <= seen
     assert seen <= set(served_files())
     html = (await client.get("/softphone")).text
     for ref in re.findall(r'(?:src|href)="(/softphone/[^"]+)"', html):
@@ -243,7 +274,8 @@ log.apply({ type: "call", call_id: "a", state: "ringing", direction: "inbound",
 log.apply({ type: "call", call_id: "a", state: "connected", direction: "inbound",
             from_number: "+14155550101", to_number: "+14155550900", at: at("10:00:05") });
 log.apply({ type: "call", call_id: "a", state: "held", at: at("10:01:00") });
-log.apply({ type: "call", call_id: "a", state: "ended", cause: "caller_hangup", at: at("10:02:10") });
+log.apply({ type: "call", call_id: "a", state: "ended", cause: "caller_hangup",
+            at: at("10:02:10") });
 log.apply({ type: "call", call_id: "b", state: "offer_withdrawn", direction: "inbound",
             from_number: "+14155550102", at: at("11:00:00") });
 log.markRejected("c");
@@ -348,16 +380,18 @@ class StandIn:
     lines: asyncio.Queue[AgentLine]
     legs: list[Any]
     heard_microphone: asyncio.Event
+    tokens: dict[str, Any]
+    listeners: list[asyncio.Future[None]] = field(default_factory=list)
 
     async def next_line(self, timeout: float = 15) -> AgentLine:
         return await asyncio.wait_for(self.lines.get(), timeout)
 
-    async def answer_leg(self, line: AgentLine) -> dict[str, Any]:
+    async def answer_leg(self, line: AgentLine, timeout: float = 15) -> dict[str, Any]:
         """Reads the page's offer and answers it with an aiortc leg that sends audio."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
         from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-        offer = await line.expect("sdp_offer")
+        offer = await line.expect("sdp_offer", timeout=timeout)
         pc = RTCPeerConnection()
         self.legs.append(pc)
 
@@ -369,7 +403,7 @@ class StandIn:
                         await track.recv()
                     self.heard_microphone.set()
 
-            asyncio.ensure_future(listen())
+            self.listeners.append(asyncio.ensure_future(listen()))
 
         pc.addTrack(AudioStreamTrack())
         # Only loopback candidates: media between the browser and the stand-in stays on lo.
@@ -380,9 +414,7 @@ class StandIn:
         )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await line.send(
-            {"type": "sdp_answer", "sdp": pc.localDescription.sdp, "node_id": "node-1"}
-        )
+        await line.send({"type": "sdp_answer", "sdp": pc.localDescription.sdp, "node_id": "node-1"})
         await line.send({"type": "leg", "state": "connecting"})
         return offer
 
@@ -412,16 +444,14 @@ def _presence(state: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _stand_in_app(lines: asyncio.Queue[AgentLine]) -> Litestar:
-    issued = {"n": 0}
-
+def _stand_in_app(lines: asyncio.Queue[AgentLine], tokens: dict[str, Any]) -> Litestar:
     def pair() -> dict[str, Any]:
-        issued["n"] += 1
+        tokens["issued"] += 1
         return {
-            "access_token": f"access-{issued['n']}",
+            "access_token": f"access-{tokens['issued']}",
             "token_type": "Bearer",
-            "expires_in": 900,
-            "refresh_token": f"refresh-{issued['n']}",
+            "expires_in": tokens["expires_in"],
+            "refresh_token": f"refresh-{tokens['issued']}",
         }
 
     @post("/v1/auth/login", status_code=200)
@@ -432,8 +462,10 @@ def _stand_in_app(lines: asyncio.Queue[AgentLine]) -> Litestar:
 
     @post("/v1/auth/refresh", status_code=200)
     async def refresh(data: dict[str, Any]) -> dict[str, Any]:
-        if not str(data.get("refresh_token", "")).startswith("refresh-"):
+        # Rotation: only the newest refresh token is good.
+        if data.get("refresh_token") != f"refresh-{tokens['issued']}":
             raise NotAuthorizedException("Invalid token")
+        tokens["refreshes"] += 1
         return pair()
 
     @websocket("/v1/agent/ws")
@@ -460,10 +492,15 @@ async def stand_in(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIn]:
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     lines: asyncio.Queue[AgentLine] = asyncio.Queue()
+    tokens: dict[str, Any] = {"issued": 0, "refreshes": 0, "expires_in": 900}
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            _stand_in_app(lines), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+            _stand_in_app(lines, tokens),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
         )
     )
     task = asyncio.ensure_future(server.serve())
@@ -472,11 +509,14 @@ async def stand_in(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIn]:
             break
         await asyncio.sleep(0.025)
     legs: list[Any] = []
+    stand_in = StandIn(f"http://127.0.0.1:{port}", lines, legs, asyncio.Event(), tokens)
     try:
-        yield StandIn(f"http://127.0.0.1:{port}", lines, legs, asyncio.Event())
+        yield stand_in
     finally:
         for pc in legs:
             await pc.close()
+        for listener in stand_in.listeners:
+            listener.cancel()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
 
@@ -535,10 +575,13 @@ async def _sign_in(page: Any, stand_in: StandIn) -> AgentLine:
     return line
 
 
-async def _connect_leg(page: Any, stand_in: StandIn, line: AgentLine) -> None:
-    offer = await stand_in.answer_leg(line)
+async def _connect_leg(
+    page: Any, stand_in: StandIn, line: AgentLine, *, timeout: float = 15
+) -> None:
+    offer = await stand_in.answer_leg(line, timeout=timeout)
     sdp = offer["sdp"]
-    assert sdp.count("m=audio") == 1 and "m=video" not in sdp
+    assert sdp.count("m=audio") == 1
+    assert "m=video" not in sdp
     assert "a=sendrecv" in sdp
     assert "a=candidate:" in sdp, "the offer waits for ICE gathering (non-trickle)"
     await page.wait_for_function(
@@ -556,9 +599,7 @@ async def _expect_text(page: Any, selector: str, text: str, timeout: float = 10_
     )
 
 
-async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
-    browser: Any, stand_in: StandIn
-) -> None:
+async def test_an_agent_signs_in_takes_a_call_and_wraps_up(browser: Any, stand_in: StandIn) -> None:
     page = await _open(browser, stand_in)
     await page.fill("#login-email", EMAIL)
     await page.fill("#login-password", "wrong-password-1")
@@ -589,10 +630,9 @@ async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
     # Going available: refused first (no_media), then accepted.
     await page.select_option("#state-select", "available")
     ask = await line.expect("presence")
-    assert ask["state"] == "available" and "reason" not in ask
-    await line.send(
-        {"type": "error", "code": "no_media", "message": "no media", "ref": ask["ref"]}
-    )
+    assert ask["state"] == "available"
+    assert "reason" not in ask
+    await line.send({"type": "error", "code": "no_media", "message": "no media", "ref": ask["ref"]})
     await _expect_text(page, "#alert", "audio line is not connected yet")
     assert await page.input_value("#state-select") == "offline"
     await page.select_option("#state-select", "available")
@@ -602,9 +642,11 @@ async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
     assert await page.evaluate("window.softphone.state") == "available"
 
     # Away with a reason from hello's list.
-    assert await page.eval_on_selector_all(
-        "#away-reason option", "os => os.map(o => o.value)"
-    ) == ["break", "lunch", "meeting"]
+    assert await page.eval_on_selector_all("#away-reason option", "os => os.map(o => o.value)") == [
+        "break",
+        "lunch",
+        "meeting",
+    ]
     await page.select_option("#away-reason", "lunch")
     await page.select_option("#state-select", "away")
     away = await line.expect("presence")
@@ -719,9 +761,7 @@ async def test_an_agent_signs_in_takes_a_call_and_wraps_up(
     await page.wait_for_selector("#call-panel", state="hidden")
     assert await page.is_hidden("#wrapup-form")
     await line.send(
-        _presence(
-            "wrap_up", call_id=CALL_ID, wrap_up_until="2099-01-01T00:00:00Z", calls_handled=1
-        )
+        _presence("wrap_up", call_id=CALL_ID, wrap_up_until="2099-01-01T00:00:00Z", calls_handled=1)
     )
     await page.wait_for_selector("#wrapup-form", state="visible")
     await page.fill("#wrapup-code", "Follow up")
@@ -757,6 +797,12 @@ async def test_the_page_reconnects_and_renegotiates_its_audio_leg(
     await _connect_leg(page, stand_in, line)
     assert await page.evaluate("pc => pc !== window.softphone.pc", first)
 
+    # The media goes away under a live connection: once the browser's peer connection has
+    # been disconnected for more than 3 s, a new offer.
+    await stand_in.legs[-1].close()
+    await _connect_leg(page, stand_in, line, timeout=40)
+    await _expect_text(page, "#leg-state", "connected")
+
     # The connection drops: a plain message, then a new connection after about a second that
     # authenticates again and renegotiates.
     await line.socket.close(code=1011)
@@ -789,7 +835,9 @@ async def test_the_page_reconnects_and_renegotiates_its_audio_leg(
     assert page.problems == []
 
 
-async def test_a_denied_microphone_gets_a_plain_message_until_it_is_allowed(browser: Any, stand_in: StandIn) -> None:
+async def test_a_denied_microphone_gets_a_plain_message_until_it_is_allowed(
+    browser: Any, stand_in: StandIn
+) -> None:
     page = await _open(browser, stand_in, microphone=False)
     line = await _sign_in(page, stand_in)
     await line.send(_hello(None))
@@ -804,3 +852,24 @@ async def test_a_denied_microphone_gets_a_plain_message_until_it_is_allowed(brow
     await _connect_leg(page, stand_in, line)
     await page.wait_for_selector("#mic-retry", state="hidden")
     assert "microphone" not in (await page.text_content("#alert") or "")
+
+
+async def test_the_access_token_is_renewed_before_it_expires(
+    browser: Any, stand_in: StandIn
+) -> None:
+    stand_in.tokens["expires_in"] = 4
+    page = await _open(browser, stand_in)
+    line = await _sign_in(page, stand_in)
+    await line.send(_hello(_presence("offline")))
+    for _ in range(100):
+        if stand_in.tokens["refreshes"] >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert stand_in.tokens["refreshes"] >= 2, "each new token is renewed in turn"
+    # A new connection authenticates with the newest token, not the one from sign-in.
+    await line.socket.close(code=1011)
+    again = await stand_in.next_line()
+    token = (await again.expect("auth"))["token"]
+    assert token != "access-1"
+    assert int(token.removeprefix("access-")) >= 3
+    assert page.problems == []

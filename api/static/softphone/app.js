@@ -22,6 +22,17 @@ import {
   Signaling,
   agentSocketUrl,
 } from "./signaling.js";
+import {
+  announce,
+  badge,
+  cell,
+  clearAlert,
+  clearAllAlerts,
+  fillFacts,
+  nothingFocused,
+  showAlert,
+  ui,
+} from "./ui.js";
 
 export const CONNECTION_LOST = "Connection lost - reconnecting...";
 const NOT_CONNECTED = "Not connected to the server right now. Try again in a moment.";
@@ -29,80 +40,10 @@ const SESSION_ENDED = "Your session has ended. Please sign in again.";
 const ERROR_TEXT = {
   no_media: "Your audio line is not connected yet. Wait until it says connected, then try again.",
 };
+// How long past the offer's timeout an answered call may take to connect before we give up.
+const ANSWER_GRACE_S = 15;
 const CALL_LOG_KEY = "switchboard.softphone.calls.";
 const DEFAULT_AWAY_REASONS = ["break", "lunch", "meeting", "training", "admin"];
-
-const $ = (id) => document.getElementById(id);
-const ui = {
-  agentName: $("agent-name"),
-  statusLine: $("status-line"),
-  statusDot: $("status-dot"),
-  legState: $("leg-state"),
-  logoutBtn: $("logout-btn"),
-  alert: $("alert"),
-  announcer: $("announcer"),
-  micRetry: $("mic-retry"),
-  audioUnlock: $("audio-unlock"),
-  reconnectBtn: $("reconnect-btn"),
-  loginView: $("login-view"),
-  loginForm: $("login-form"),
-  loginEmail: $("login-email"),
-  loginPassword: $("login-password"),
-  loginSubmit: $("login-submit"),
-  phoneView: $("phone-view"),
-  stateSelect: $("state-select"),
-  awayReason: $("away-reason"),
-  presenceHint: $("presence-hint"),
-  offerBanner: $("offer-banner"),
-  offerCountdown: $("offer-countdown"),
-  offerProgress: $("offer-progress"),
-  offerFrom: $("offer-from"),
-  offerContact: $("offer-contact"),
-  offerQueue: $("offer-queue"),
-  offerWaited: $("offer-waited"),
-  offerPath: $("offer-path"),
-  offerTo: $("offer-to"),
-  offerLookupBox: $("offer-lookup-box"),
-  offerLookup: $("offer-lookup"),
-  offerDetailsBox: $("offer-details-box"),
-  offerDetails: $("offer-details"),
-  answerBtn: $("answer-btn"),
-  rejectBtn: $("reject-btn"),
-  callPanel: $("call-panel"),
-  callTitle: $("call-title"),
-  callNumber: $("call-number"),
-  callState: $("call-state"),
-  callContact: $("call-contact"),
-  callDirection: $("call-direction"),
-  callTimer: $("call-timer"),
-  muteBtn: $("mute-btn"),
-  holdBtn: $("hold-btn"),
-  transferBtn: $("transfer-btn"),
-  hangupBtn: $("hangup-btn"),
-  keypad: $("keypad"),
-  dtmfSent: $("dtmf-sent"),
-  wrapupForm: $("wrapup-form"),
-  wrapupTimer: $("wrapup-timer"),
-  wrapupSummary: $("wrapup-summary"),
-  wrapupCode: $("wrapup-code"),
-  wrapupNotes: $("wrapup-notes"),
-  wrapupCount: $("wrapup-count"),
-  wrapupSubmit: $("wrapup-submit"),
-  callsHandled: $("calls-handled"),
-  callList: $("call-list"),
-  callListEmpty: $("call-list-empty"),
-  transferDialog: $("transfer-dialog"),
-  transferForm: $("transfer-form"),
-  transferKind: $("transfer-kind"),
-  transferToLabel: $("transfer-to-label"),
-  transferTo: $("transfer-to"),
-  transferDirectory: $("transfer-directory"),
-  transferAttended: $("transfer-attended"),
-  transferError: $("transfer-error"),
-  transferCancel: $("transfer-cancel"),
-  transferSubmit: $("transfer-submit"),
-  audio: $("remote-audio"),
-};
 
 const session = new Session();
 const signaling = new Signaling(agentSocketUrl(window.location), (fresh) =>
@@ -127,6 +68,7 @@ const state = {
   wrapUp: null,
   wrapUpSentFor: null,
   leg: "disconnected",
+  clockOffset: 0,
   log: new CallLog(),
   logKey: null,
   actions: new Map(),
@@ -169,48 +111,6 @@ window.softphone = {
 };
 
 // ---- Plain messages ----------------------------------------------------------------------
-
-const alerts = new Map();
-
-function showAlert(key, text, { ms = 0, info = false } = {}) {
-  const previous = alerts.get(key);
-  if (previous) clearTimeout(previous.timer);
-  const timer = ms ? setTimeout(() => clearAlert(key), ms) : 0;
-  alerts.set(key, { text, info, timer });
-  renderAlerts();
-}
-
-function clearAlert(key) {
-  const entry = alerts.get(key);
-  if (!entry) return;
-  clearTimeout(entry.timer);
-  alerts.delete(key);
-  renderAlerts();
-}
-
-function renderAlerts() {
-  ui.alert.replaceChildren(
-    ...[...alerts.values()].map(({ text, info }) => {
-      const p = document.createElement("p");
-      p.textContent = text;
-      if (info) p.className = "info";
-      return p;
-    }),
-  );
-}
-
-function nothingFocused() {
-  const active = document.activeElement;
-  return active === null || active === document.body || active.closest("[hidden]") !== null;
-}
-
-function announce(text) {
-  ui.announcer.textContent = "";
-  // A fresh text node makes screen readers speak it even when it repeats.
-  setTimeout(() => {
-    ui.announcer.textContent = text;
-  }, 50);
-}
 
 function errorText(msg) {
   return ERROR_TEXT[msg.code] || msg.message || `The server refused that (${msg.code || "error"}).`;
@@ -275,7 +175,7 @@ function signOutLocally(message, { logout = false } = {}) {
   media.stop();
   ringer.stop();
   if (logout) session.logout();
-  for (const key of [...alerts.keys()]) clearAlert(key);
+  clearAllAlerts();
   ui.micRetry.hidden = true;
   ui.audioUnlock.hidden = true;
   ui.reconnectBtn.hidden = true;
@@ -306,10 +206,8 @@ function presenceText(p) {
     case "on_call":
       return "On a call";
     case "wrap_up": {
-      const until = Date.parse(p.wrap_up_until ?? "");
-      return Number.isFinite(until)
-        ? `Wrap-up - ${formatDuration(Math.max(0, (until - Date.now()) / 1000))} left`
-        : "Wrap-up";
+      const left = secondsUntil(p.wrap_up_until);
+      return left === null ? "Wrap-up" : `Wrap-up - ${formatDuration(left)} left`;
     }
     default:
       return humanize(p.state) || "Unknown";
@@ -326,7 +224,10 @@ function dotState(p) {
 function renderStatus() {
   let text;
   if (!session.signedIn) text = "Signed out";
-  else if (!signaling.ready) text = signaling.running ? "Connecting..." : "Not connected";
+  else if (!signaling.ready) {
+    if (!signaling.running) text = "Not connected";
+    else text = state.hello ? "Reconnecting..." : "Connecting...";
+  }
   else if (!state.presence) text = "Connected";
   else {
     text = presenceText(state.presence);
@@ -373,17 +274,37 @@ function showServerPresence() {
   }
 }
 
-function onPresence(p) {
+// How far this computer's clock is ahead of the server's, learned when a presence change
+// arrives as it happens (its `since` is then the server's "now"). Wrap-up countdowns use it.
+function learnClockOffset(p, before) {
+  const since = Date.parse(p.since ?? "");
+  if (!before || before.state === p.state || !Number.isFinite(since)) return;
+  state.clockOffset = Date.now() - since;
+}
+
+function secondsUntil(iso) {
+  const until = Date.parse(iso ?? "");
+  if (!Number.isFinite(until)) return null;
+  const left = (until - (Date.now() - state.clockOffset)) / 1000;
+  // A wrap-up of hours means the clocks disagree, not that the agent has hours.
+  return left > 3600 ? null : Math.max(0, left);
+}
+
+function onPresence(p, { live = true } = {}) {
   if (!p || typeof p.state !== "string") return;
   const before = state.presence;
+  if (live) learnClockOffset(p, before);
   state.presence = p;
   showServerPresence();
   if (typeof p.calls_handled === "number") ui.callsHandled.textContent = String(p.calls_handled);
   if (p.state === "wrap_up") openWrapUp(p.call_id);
   else if (before && before.state === "wrap_up") wrapUpTimeOver();
   // After a reload in the middle of a call the server may only tell us which call it is.
-  if (p.state === "on_call" && p.call_id && !state.call) {
+  const known = p.call_id ? state.log.get(p.call_id) : null;
+  if (p.state === "on_call" && p.call_id && !state.call && !(known && known.ended_at)) {
     state.call = newCall({ call_id: p.call_id, state: "connected" });
+    state.call.connectedAt = Date.now();
+    if (known && known.number) state.call.number = known.number;
     renderCall();
   }
   renderHint();
@@ -391,10 +312,13 @@ function onPresence(p) {
 }
 
 function renderHint() {
-  ui.presenceHint.textContent =
-    ui.stateSelect.value === "available" && state.leg !== "connected"
-      ? "Calls ring here once the audio line is connected."
-      : "";
+  let hint = "";
+  if (ui.stateSelect.value === "available" && state.leg !== "connected") {
+    hint = "Calls ring here once the audio line is connected.";
+  } else if (state.presence && state.presence.state === "available" && !state.call) {
+    hint = "Waiting for calls. An incoming call shows up here with a ring.";
+  }
+  ui.presenceHint.textContent = hint;
 }
 
 function askPresence() {
@@ -411,25 +335,6 @@ ui.awayReason.addEventListener("change", () => {
 });
 
 // ---- Incoming call -----------------------------------------------------------------------
-
-function fillFacts(dl, pairs) {
-  dl.replaceChildren(
-    ...pairs.flatMap(([key, value]) => {
-      const dt = document.createElement("dt");
-      dt.textContent = key;
-      const dd = document.createElement("dd");
-      dd.textContent = value;
-      return [dt, dd];
-    }),
-  );
-}
-
-function badge(className, text) {
-  const span = document.createElement("span");
-  span.className = className;
-  span.textContent = text;
-  return span;
-}
 
 function contactLine(pop) {
   if (!pop.known) return [document.createTextNode("Not in your contacts")];
@@ -497,6 +402,9 @@ function tickOffer() {
   if (left <= 0 && !state.answering) {
     closeOffer(offer.call_id);
     showAlert("offer", `Missed call from ${pop.from}.`, { ms: 8000, info: true });
+  } else if (state.answering && elapsed > pop.timeoutSeconds + ANSWER_GRACE_S) {
+    closeOffer(offer.call_id);
+    showAlert("offer", `The call from ${pop.from} could not be connected.`, { ms: 10000 });
   }
 }
 
@@ -574,8 +482,9 @@ function onCall(msg) {
   }
 
   if (isLive(callState)) {
-    // An inbound call rings in the offer banner until it is answered.
-    if (callState === "ringing" && state.offer && state.offer.call_id === id) return;
+    // An inbound call rings in the offer banner (from `offered`) until it is answered; only
+    // an outgoing call rings in the call panel.
+    if (callState === "ringing" && msg.direction !== "outbound") return;
     if (state.offer && state.offer.call_id === id) closeOffer(id);
     if (!state.call || state.call.call_id !== id) {
       state.call = newCall(msg);
@@ -617,6 +526,7 @@ function onCall(msg) {
 function renderCall() {
   const call = state.call;
   ui.callPanel.hidden = !call;
+  renderHint();
   if (!call) return;
   const talking = call.state === "connected" || call.state === "held";
   const held = call.state === "held";
@@ -882,10 +792,8 @@ function renderWrapUpTimer() {
   if (ui.wrapupForm.hidden) return;
   const p = state.presence;
   if (!p || p.state !== "wrap_up") return;
-  const until = Date.parse(p.wrap_up_until ?? "");
-  const text = Number.isFinite(until)
-    ? `${formatDuration(Math.max(0, (until - Date.now()) / 1000))} left`
-    : "";
+  const left = secondsUntil(p.wrap_up_until);
+  const text = left === null ? "" : `${formatDuration(left)} left`;
   if (ui.wrapupTimer.textContent !== text) ui.wrapupTimer.textContent = text;
 }
 
@@ -952,13 +860,6 @@ function saveLog() {
   }
 }
 
-function cell(text, className = "") {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
-}
-
 function renderLog() {
   const live = state.call && state.call.connectedAt ? state.call : null;
   const rows = state.log.describeAll().map((row) =>
@@ -996,7 +897,7 @@ function onHello(msg) {
   clearAlert("connection");
   clearAlert("fatal");
   clearAlert("action");
-  onPresence(msg.presence ?? { state: "offline" });
+  onPresence(msg.presence ?? { state: "offline" }, { live: false });
   media.start(Array.isArray(msg.ice_servers) ? msg.ice_servers : []);
   loadDirectory();
 }
