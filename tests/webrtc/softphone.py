@@ -178,8 +178,10 @@ class PySoftphone:
                 return
             assert isinstance(frame, av.AudioFrame)
             self.heard_rate = frame.sample_rate
-            pcm = frame.to_ndarray().tobytes()
-            if frame.layout.name == "stereo":  # keep the left channel
+            channels = len(frame.layout.channels)
+            # Packed s16: the plane may be padded past the samples.
+            pcm = bytes(frame.planes[0])[: frame.samples * channels * 2]
+            if channels == 2:  # keep the left channel
                 samples = array("h", pcm)
                 pcm = array("h", samples[::2]).tobytes()
             self.heard += pcm
