@@ -300,7 +300,7 @@ class Queues:
                 previous.activity.cancel()
         call.queued = queued
         call.queue_id = queue_id
-        self._hold(call)
+        self.hold_music(call)
         self._emit(
             ev.CallQueued(
                 tenant_id=call.tenant_id,
@@ -316,7 +316,7 @@ class Queues:
             )
         )
 
-    def _hold(self, call: Call) -> None:
+    def hold_music(self, call: Call) -> None:
         """Hold music, looped, until something else plays."""
         assert call.queued is not None
         if call.playing is not None:
@@ -325,7 +325,7 @@ class Queues:
             self._node.player.play(call.stream, call.queued.hold, loop=True)
         )
 
-    def _silence(self, call: Call) -> None:
+    def silence(self, call: Call) -> None:
         if call.playing is not None:
             call.playing.cancel()
             call.playing = None
@@ -342,11 +342,8 @@ class Queues:
         try:
             leg = await self._ring(
                 call.tenant_id,
-                call.id,
                 command.agent_id,
                 command.device,
-                caller=call.from_number,
-                caller_id=call.to_number,
                 codecs=_g711_first(call.stream.codec),
                 trunk_id=command.trunk_id,
                 info=RingInfo(
@@ -372,18 +369,18 @@ class Queues:
     async def _ring(
         self,
         tenant_id: UUID,
-        call_id: UUID,
         agent_id: UUID,
         device: str,
         *,
-        caller: str,
-        caller_id: str,
         codecs: Sequence[str],
         trunk_id: UUID | None,
         info: RingInfo,
     ) -> AgentLeg:
-        """INVITE the agent's device, or ring their browser; returns once it rings."""
+        """INVITE the agent's device, or ring their browser; returns once it rings. The
+        agent's device shows `info.from_number` calling; a number is dialed with
+        `info.to_number` as caller ID."""
         node = self._node
+        call_id, caller, caller_id = info.call_id, info.from_number, info.to_number
         line: AgentLine
         if device.startswith("webrtc:"):
             if node.agent_lines is None:
@@ -455,7 +452,7 @@ class Queues:
                 other.stop("answered_elsewhere")
             if queued.activity is not None:
                 queued.activity.cancel()
-            self._silence(call)
+            self.silence(call)
             bridge = Bridge(call.stream, leg.stream)
             bridge.start()
             call.bridge = bridge
@@ -606,10 +603,10 @@ class Queues:
         if queued.agent is not None or call.queued is not queued:
             return
         with contextlib.suppress(CallEnded):
-            self._silence(call)
+            self.silence(call)
             await CallControl(self._node, call).play(speech)
             if queued.agent is None and call.queued is queued:
-                self._hold(call)
+                self.hold_music(call)
 
     # --- overflow ------------------------------------------------------------------------------
 
@@ -639,12 +636,12 @@ class Queues:
 
     async def _say(self, call: Call, text: str, voice: str) -> None:
         speech = await self._node.directory.speech(text, voice)
-        self._silence(call)
+        self.silence(call)
         await CallControl(self._node, call).play(speech)
 
     async def _overflow_hangup(self, call: Call, command: OverflowCommand) -> None:
         try:
-            self._silence(call)
+            self.silence(call)
             if command.message:
                 await self._say(call, command.message, command.voice)
         except CallEnded:
@@ -692,7 +689,7 @@ class Queues:
         key = asyncio.ensure_future(stream.digits.get())
         try:
             while True:
-                self._silence(call)
+                self.silence(call)
                 playing = asyncio.ensure_future(self._node.player.play(stream, prompt))
                 try:
                     await _wait(call, {playing, key})
@@ -701,10 +698,10 @@ class Queues:
                         self._node.player.stop(stream)
                 if key.done():
                     return key.result()
-                self._hold(call)
+                self.hold_music(call)
                 await _wait(call, {key}, CALLBACK_REPEAT_SECONDS)
                 if key.done():
-                    self._silence(call)
+                    self.silence(call)
                     return key.result()
         finally:
             key.cancel()
@@ -800,7 +797,7 @@ class Queues:
             target = await node.originate(request)
         except CommandRefused as exc:
             return self._transferred(call, number, f"refused:{exc.code}")
-        self._silence(call)
+        self.silence(call)
         call.playing = asyncio.get_running_loop().create_task(
             node.player.play(call.stream, _ringback(), loop=True)
         )
@@ -809,7 +806,7 @@ class Queues:
                 target, timeout_seconds, call.over, gone_reason="caller_gone"
             )
         finally:
-            self._silence(call)
+            self.silence(call)
         if outcome == "gone":
             raise CallEnded(call.end_or_hangup())
         if outcome == "answered":
@@ -892,11 +889,8 @@ class Queues:
         try:
             leg = await self._ring(
                 command.tenant_id,
-                command.call_id,
                 command.agent_id,
                 command.device,
-                caller=command.number,
-                caller_id=command.caller_id,
                 codecs=("PCMU", "PCMA"),
                 info=RingInfo(
                     call_id=command.call_id,

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -106,11 +105,25 @@ class DeskLine:
         self.bridge: Bridge | None = None
         self.held = False
         self.muted = False
-        self.connected_at: float | None = None
 
     @property
     def call_id(self) -> UUID:
         return self.info.call_id
+
+    def notice(self, state: str, cause: str | None = None) -> dict[str, Any]:
+        """What the softphone is told about this call."""
+        message: dict[str, Any] = {
+            "type": "call",
+            "call_id": str(self.call_id),
+            "state": state,
+            "from_number": self.info.from_number,
+            "to_number": self.info.to_number,
+            "at": _now(),
+            "direction": "inbound",
+        }
+        if cause is not None:
+            message["cause"] = cause
+        return message
 
     def end(self, end: CallEnd) -> None:
         if not self.answered.done():
@@ -137,7 +150,6 @@ class AgentSession:
     peer: AgentPeer | None = None
     line: DeskLine | None = None
     stop_serving: Callable[[], Awaitable[None]] | None = None
-    lost_at: float | None = None
     grace: asyncio.TimerHandle | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -147,18 +159,9 @@ class AgentSession:
     def line_over(self, line: DeskLine, end: CallEnd) -> None:
         if self.line is line:
             self.line = None
-        state = "ended" if line.answered.done() and not line.answered.exception() else None
+        answered = line.answered.done() and line.answered.exception() is None
         self.notify(
-            {
-                "type": "call",
-                "call_id": str(line.call_id),
-                "state": state or "offer_withdrawn",
-                "from_number": line.info.from_number,
-                "to_number": line.info.to_number,
-                "at": _now(),
-                "cause": end.reason or end.cause,
-                "direction": "inbound",
-            }
+            line.notice("ended" if answered else "offer_withdrawn", end.reason or end.cause)
         )
 
 
@@ -223,15 +226,12 @@ class AgentDesk:
         session.notify({"type": "leg", "state": state})
         line = session.line
         if state == "connected":
-            session.lost_at = None
             if session.grace is not None:
                 session.grace.cancel()
                 session.grace = None
             if line is not None and line.call is not None and not line.held:
                 self._reconnect_audio(line)
         elif state in ("failed", "closed", "disconnected"):
-            if session.lost_at is None:
-                session.lost_at = time.monotonic()
             if line is not None and line.call is not None:
                 self._hold_music(line)
             if session.grace is None and line is not None:
@@ -307,21 +307,10 @@ class AgentDesk:
         line = session.line
         line.call = call
         line.bridge = bridge
-        line.connected_at = time.monotonic()
         self._state(line, "connected")
 
     def _state(self, line: DeskLine, state: str) -> None:
-        line.session.notify(
-            {
-                "type": "call",
-                "call_id": str(line.call_id),
-                "state": state,
-                "from_number": line.info.from_number,
-                "to_number": line.info.to_number,
-                "at": _now(),
-                "direction": "inbound",
-            }
-        )
+        line.session.notify(line.notice(state))
 
     # --- during the call ---------------------------------------------------------------------
 
@@ -408,22 +397,14 @@ class AgentDesk:
         if call is None or bridge is None or call.is_over:
             return
         bridge.stop()
-        queued = call.queued
-        if call.playing is not None:
-            call.playing.cancel()
-        if queued is not None:
-            call.playing = asyncio.get_running_loop().create_task(
-                self.node.player.play(call.stream, queued.hold, loop=True)
-            )
+        if call.queued is not None:
+            self.node.queues.hold_music(call)
 
     def _reconnect_audio(self, line: DeskLine) -> None:
         call, bridge = line.call, line.bridge
         if call is None or bridge is None or call.is_over:
             return
-        if call.playing is not None:
-            call.playing.cancel()
-            call.playing = None
-        self.node.player.stop(call.stream)
+        self.node.queues.silence(call)
         bridge.start()
         if line.muted:
             bridge.mute(line.session.stream, True)
@@ -481,8 +462,3 @@ class AgentDesk:
             self.dtmf(dtmf.tenant_id, dtmf.agent_id, dtmf.call_id, dtmf.digits)
             return {}
         raise CommandRefused("unknown_command", f"no agent command named {verb!r}")
-
-
-AgentVerb = Literal[
-    "connect", "close", "status", "answer", "reject", "hangup", "hold", "resume", "mute", "dtmf"
-]

@@ -46,7 +46,7 @@ _G711 = ("audio/pcmu", "audio/pcma")
 _PSEUDO_RTP = ("192.0.2.1", 9)
 """Where the stream believes its far end is (TEST-NET-1): the real address is the ICE pair's."""
 _PSEUDO_RTCP = ("192.0.2.1", 10)
-_EXTMAP = re.compile(r"^a=extmap(-allow-mixed)?[:].*\r?\n|^a=extmap-allow-mixed\r?\n", re.M)
+_EXTMAP = re.compile(r"^a=extmap(?:-allow-mixed|:.*)\r?\n", re.M)
 _NO_PORTS = PortRange(2, 3)
 
 
@@ -83,24 +83,20 @@ class _SrtpOut(asyncio.DatagramTransport):
         self.dtls = dtls
         self._rtcp = rtcp
         self._closed = False
-        self.dropped = 0
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         dtls = self.dtls
         session = dtls._tx_srtp
         if self._closed or session is None:
-            self.dropped += 1
             return
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
-            self.dropped += 1
             return
         try:
             # pylibsrtp takes bytes only; relayed packets arrive as a rewritten bytearray.
             raw = data if type(data) is bytes else bytes(data)
             packet = session.protect_rtcp(raw) if self._rtcp else session.protect(raw)
         except pylibsrtp.Error:
-            self.dropped += 1
             return
         pair.protocol.transport.sendto(packet, pair.remote_addr)
 

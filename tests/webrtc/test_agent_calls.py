@@ -5,31 +5,15 @@ other, hold puts the caller on hold music, and events agree with what happened."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.conftest import MailCatcher, Services
 from tests.media.capture import can_capture
 from tests.media.tones import tone_power
-from tests.webrtc.floor import AGENT_TONE, CALLER, CALLER_TONE, Floor, open_floor
+from tests.webrtc.floor import AGENT_TONE, CALLER, CALLER_TONE, Floor
 from tests.webrtc.softphone import PySoftphone
 
 pytestmark = pytest.mark.skipif(not can_capture(), reason="capturing RTP needs AF_PACKET (root)")
-
-
-@pytest.fixture
-async def floor(
-    services: Services,
-    database: str,
-    smtp: tuple[MailCatcher, int],
-    admin_conn: asyncpg.Connection,
-    tmp_path: Path,
-) -> AsyncIterator[Floor]:
-    async with open_floor(services, database, smtp, admin_conn, tmp_path) as opened:
-        yield opened
 
 
 async def _signed_in(floor: Floor) -> PySoftphone:
@@ -68,11 +52,8 @@ async def test_a_caller_and_a_browser_agent_hear_each_other_through_hold_and_han
         held_at = len(phone.heard)
         await asyncio.sleep(0.5)
         heard_on_hold = bytes(phone.heard[held_at:])
-        assert (
-            tone_power(heard_on_hold, phone.heard_rate, CALLER_TONE) < 0.1
-            if heard_on_hold
-            else True
-        )
+        # The agent hears nothing of the caller while the caller is on hold.
+        assert tone_power(heard_on_hold, phone.heard_rate, CALLER_TONE) < 0.1
 
         await phone.ask({"type": "resume", "call_id": call_id}, "call", state="connected")
         await asyncio.sleep(0.3)
