@@ -156,12 +156,20 @@ class CallVoicemail(_CallEvent, frozen=True, kw_only=True, tag="call.voicemail")
 
 
 class CallTransferred(_CallEvent, frozen=True, kw_only=True, tag="call.transferred"):
-    """The flow transferred the caller to `to`: `outcome` is "answered", "busy", "no_answer",
-    "failed" or "refused:<code>"."""
+    """The call was handed on to `to` (a number, a queue id or an agent id, by `to_kind`).
+
+    By the flow or the node (`agent_id` None), to a number: `outcome` is the dial's result,
+    "answered", "busy", "no_answer", "failed" or "refused:<code>". By the agent `agent_id`
+    who was talking on the call: sent as the agent lets go, before anything else happens to
+    the call, with `outcome` "offered" (to an agent), "queued" (to a queue) or "dialing" (to
+    a number, whose result follows as a transfer by the node; a number that does not answer
+    returns the caller to their queue)."""
 
     _verb = "transferred"
     to: str
     outcome: str
+    to_kind: Literal["number", "queue", "agent"] = "number"
+    agent_id: UUID | None = None
 
 
 codec = EventCodec(

@@ -83,6 +83,8 @@ _DECODERS: dict[str, Callable[[bytes], bytes]] = {"PCMU": ulaw_decode, "PCMA": a
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=600)]
 OfferFailure = ev.OfferFailure
+TransferKind = Literal["agent", "queue", "number"]
+TRANSFER_RING_SECONDS = 30.0
 
 
 class OfferCommand(_Command, kw_only=True):
@@ -182,6 +184,8 @@ class AgentLeg:
     """Why the node is ending the leg before it was answered; None while it may still win."""
     over: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    handed_on: bool = False
+    """The agent transferred the call: their leg ends, the caller's call goes on."""
 
     def __post_init__(self) -> None:
         self.sip.ended.add_done_callback(lambda _ended: self.over.set())
@@ -203,6 +207,10 @@ class QueuedCall:
     """Agents being rung for the call, by agent."""
     context: dict[str, Any] = field(default_factory=dict)
     """The flow's screen pop for the agent (contact, lookups, path)."""
+    priority: int = 5
+    skills: dict[str, int] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+    """As the flow enqueued the call: kept for a transfer to another queue."""
     since: float = field(default_factory=time.monotonic)
     agent: AgentLeg | None = None
     """The agent who answered."""
@@ -292,7 +300,14 @@ class Queues:
         hold = await self._node.directory.hold_music(call.tenant_id, queue_id)
         _check(call)
         previous = call.queued
-        queued = QueuedCall(queue_id, hold, context=dict(context or {}))
+        queued = QueuedCall(
+            queue_id,
+            hold,
+            context=dict(context or {}),
+            priority=priority,
+            skills=dict(skills),
+            attributes=dict(attributes),
+        )
         if previous is not None:
             queued.offers = previous.offers
             queued.since = previous.since
@@ -459,7 +474,9 @@ class Queues:
             call.agent_id = leg.agent_id
             if leg.offer is None and self._node.agent_lines is not None:
                 self._node.agent_lines.bridged(leg.tenant_id, leg.agent_id, call, bridge)
-            if command.record:
+            if call.recorder is not None:
+                call.recorder.attach(leg.stream)  # handed on by an agent who was recorded
+            elif command.record:
                 await self._record(call, leg.stream)
             self._offer_event(ev.CallOfferAnswered, leg)
             await self._talk(call, leg, bridge)
@@ -516,10 +533,11 @@ class Queues:
         self._offer_failed(leg.tenant_id, leg.call_id, leg.agent_id, outcome)
 
     async def _talk(self, call: Call, leg: AgentLeg, bridge: Bridge) -> None:
-        """Until either side hangs up; then the other is hung up too."""
+        """Until either side hangs up; then the other is hung up too (unless the agent handed
+        the call on)."""
         await _first_set(call.over, leg.over)
         bridge.stop()
-        if not call.is_over:
+        if not call.is_over and not leg.handed_on:
             await self._node.hangup(call, "agent_hangup")
         await self._end_leg(leg)
 
@@ -778,6 +796,96 @@ class Queues:
                 from_number=call.from_number,
             )
         )
+
+    # --- transfer (by the agent talking on the call) -------------------------------------------
+
+    async def hand_on(
+        self,
+        tenant_id: UUID,
+        call_id: UUID,
+        agent_id: UUID,
+        *,
+        to_kind: TransferKind,
+        to: str,
+        ring_seconds: float = TRANSFER_RING_SECONDS,
+    ) -> None:
+        """A blind transfer: the agent's leg ends and the caller, hearing hold music (ringback
+        for a number), goes on to `to` — another agent (the router offers the call to them, or
+        keeps it first in its queue until someone takes it), a queue (a new arrival there) or
+        a number dialed with the tenant's number the caller called as caller ID; a number that
+        does not answer sends the caller back to the queue they came from. Announced by a
+        `call.transferred` carrying the agent, before anything else happens to the call."""
+        call = self._node._call(tenant_id, call_id)
+        queued = call.queued
+        leg = queued.agent if queued is not None else None
+        if queued is None or leg is None or leg.agent_id != agent_id or leg.handed_on:
+            raise CommandRefused("not_your_call", "the call is not connected to this agent")
+        if to_kind == "agent" and to == str(agent_id):
+            raise CommandRefused("invalid_target", "an agent cannot transfer a call to themself")
+        if to_kind == "number" and not E164_RE.match(to):
+            raise CommandRefused("invalid_target", "a number is in E.164 form, like +14155550100")
+        if to_kind in ("agent", "queue"):
+            try:
+                UUID(to)
+            except ValueError as exc:
+                raise CommandRefused("invalid_target", f"{to!r} is not an id") from exc
+        _check(call)
+        leg.handed_on = True
+        if call.bridge is not None:
+            call.bridge.stop()
+            call.bridge = None
+        if call.recorder is not None:
+            call.recorder.detach(leg.stream)
+        call.agent_id = None
+        queued.agent = None
+        self._emit(
+            ev.CallTransferred(
+                tenant_id=tenant_id,
+                call_id=call_id,
+                node_id=self._node.config.node_id,
+                to=to,
+                to_kind=to_kind,
+                agent_id=agent_id,
+                outcome={"agent": "offered", "queue": "queued", "number": "dialing"}[to_kind],
+            )
+        )
+        if to_kind == "queue":
+            await self.enqueue(
+                call,
+                UUID(to),
+                priority=queued.priority,
+                skills=queued.skills,
+                attributes=queued.attributes,
+                context=queued.context,
+            )
+        else:
+            self.hold_music(call)
+        with contextlib.suppress(CallEnded):
+            await leg.sip.hangup("transferred")
+        if to_kind == "number":
+            self._spawn(
+                self._dial_transfer(call, queued, to, ring_seconds), name=f"hand-on-{call.id}"
+            )
+
+    async def _dial_transfer(
+        self, call: Call, queued: QueuedCall, number: str, ring_seconds: float
+    ) -> None:
+        call.queued = None  # ringing the number: nobody's queue until it fails
+        try:
+            outcome = await self.transfer(
+                call, number, caller_id=call.to_number, timeout_seconds=ring_seconds
+            )
+        except CallEnded:
+            return
+        if outcome != "answered" and not call.is_over:
+            await self.enqueue(
+                call,
+                queued.queue_id,
+                priority=queued.priority,
+                skills=queued.skills,
+                attributes=queued.attributes,
+                context=queued.context,
+            )
 
     # --- transfer (from the call's flow) ------------------------------------------------------
 

@@ -67,6 +67,7 @@ CALL_VERBS = frozenset(
         "ended",
         "callback_requested",
         "callback_failed",
+        "transferred",
     }
 )
 CATALOG_RESOURCES = frozenset({"queue", "skill", "seat", "agent", "user"})
@@ -364,6 +365,11 @@ class Router:
                 decisions = acd.offer_failed(event.call_id, event.agent_id, event.reason, now)
             case "call.ended":
                 decisions = acd.call_ended(event.call_id, now, event.agent_id)
+            case "call.transferred":
+                decisions = []
+                if event.agent_id is not None:
+                    to_agent = UUID(event.to) if event.to_kind == "agent" else None
+                    decisions = acd.transferred(event.call_id, event.agent_id, now, to_agent)
             case "call.callback_requested":
                 decisions = acd.callback_requested(event.call_id, event.number, now)
             case "call.callback_failed":

@@ -28,7 +28,7 @@ import msgspec
 from media import events as ev
 from media.bridge import Bridge
 from media.node import Call, CommandRefused, MediaNode, _Command, _encode
-from media.queueing import RingInfo
+from media.queueing import RingInfo, TransferKind
 from media.sip.call import CallEnd, CallEnded
 from media.stream import RtpStream
 from webrtc.leg import AgentPeer, IceServer, NegotiationFailed, WebRtcStream
@@ -84,6 +84,11 @@ class MuteCommand(CallCommand, kw_only=True):
 
 class DtmfCommand(CallCommand, kw_only=True):
     digits: Digits
+
+
+class TransferCommand(CallCommand, kw_only=True):
+    to_kind: TransferKind
+    to: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 def _now() -> str:
@@ -391,6 +396,14 @@ class AgentDesk:
         line.session.tasks.add(task)
         task.add_done_callback(line.session.tasks.discard)
 
+    async def transfer(
+        self, tenant_id: UUID, agent_id: UUID, call_id: UUID, to_kind: TransferKind, to: str
+    ) -> None:
+        """A blind transfer of the call on the agent's line (see `Queues.hand_on`); the line
+        ends with the reason "transferred"."""
+        self._talking(tenant_id, agent_id, call_id)
+        await self.node.queues.hand_on(tenant_id, call_id, agent_id, to_kind=to_kind, to=to)
+
     def _hold_music(self, line: DeskLine) -> None:
         """The caller hears the queue's hold music; the agent hears nothing."""
         call, bridge = line.call, line.bridge
@@ -460,5 +473,15 @@ class AgentDesk:
         if verb == "dtmf":
             dtmf = msgspec.json.decode(payload, type=DtmfCommand)
             self.dtmf(dtmf.tenant_id, dtmf.agent_id, dtmf.call_id, dtmf.digits)
+            return {}
+        if verb == "transfer":
+            transfer = msgspec.json.decode(payload, type=TransferCommand)
+            await self.transfer(
+                transfer.tenant_id,
+                transfer.agent_id,
+                transfer.call_id,
+                transfer.to_kind,
+                transfer.to,
+            )
             return {}
         raise CommandRefused("unknown_command", f"no agent command named {verb!r}")

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from api.context import ApiDeps
 from bus.connection import Bus
 from bus.requests import NoResponder, send_command
+from media.policy import E164_RE
 from routing.client import RouterClient, RouterRefused, RouterUnavailable
 from tenancy.errors import Unauthenticated
 from tenancy.models import Subject
@@ -300,11 +301,45 @@ class AgentSocket:
         elif isinstance(message, WrapUp):
             raw = await self._router(self.router.end_wrap_up(self.tenant_id, self.agent_id))
             self.send(_presence_view(raw))
-        elif isinstance(message, Transfer | Dial):
-            raise SocketError(
-                "not_supported",
-                "Transfers and click-to-dial are not available on this platform yet.",
-            )
+        elif isinstance(message, Transfer):
+            await self.transfer(message)
+        elif isinstance(message, Dial):
+            raise SocketError("not_supported", "Click-to-dial is not available yet.")
+
+    async def transfer(self, message: Transfer) -> None:
+        """Checked here so the agent hears at once what is wrong with the target; the node
+        checks again that the call is still theirs."""
+        if message.attended:
+            raise SocketError("not_supported", "Attended transfers are not available yet.")
+        target = message.to
+        if message.to_kind == "number":
+            if not E164_RE.match(target):
+                raise SocketError("invalid_input", "A number is in E.164 form, like +14155550100.")
+        else:
+            try:
+                target_id = UUID(target)
+            except ValueError as exc:
+                raise SocketError("invalid_input", f"{target!r} is not an id.") from exc
+            if message.to_kind == "queue":
+                await self._router(self.router.queue(self.tenant_id, target_id))
+            else:
+                if target_id == self.agent_id:
+                    raise SocketError("invalid_input", "Pick another agent to transfer to.")
+                agents = await self._router(self._agents())
+                state = agents.get(str(target_id))
+                if state is None:
+                    raise SocketError("not_found", "There is no such agent.")
+                if state in ("offline", "away"):
+                    raise SocketError("agent_unavailable", "That agent is not taking calls now.")
+        await self.node(
+            "transfer",
+            {"call_id": str(message.call_id), "to_kind": message.to_kind, "to": target},
+        )
+
+    async def _agents(self) -> dict[str, Any]:
+        """Every agent of the tenant the router knows, by id: their state."""
+        agents = await self.router.agents(self.tenant_id)
+        return {str(agent["agent_id"]): agent.get("state") for agent in agents}
 
     def _ids(self, body: dict[str, Any]) -> bytes:
         return msgspec.json.encode(

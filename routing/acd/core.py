@@ -268,7 +268,7 @@ class Acd(Book):
         agent.work_queue_id = call.queue_id
         self._set_state(agent, "on_call", None, now, out)
         stats = self._stats.get(call.queue_id)
-        if stats is not None and call.callback_number is None:
+        if stats is not None and call.callback_number is None and not call.handed_on:
             stats.answered += 1
             if queue is not None and now - call.enqueued_at <= queue.service_level_seconds:
                 stats.answered_within_service_level += 1
@@ -303,7 +303,8 @@ class Acd(Book):
             released = [agent, *(self._agents[a] for a in call.offered_to if a in self._agents)]
             call.offered_to = []
             self._forget(call)
-            self._stats_of(call).abandoned += 1
+            if not call.handed_on:
+                self._stats_of(call).abandoned += 1
             out.append(CallLeft(call_id=call.spec.call_id, queue_id=call.queue_id, why="abandoned"))
             for each in released:
                 self._become_free(each, now, out, idle_again=False)
@@ -343,10 +344,43 @@ class Acd(Book):
         released = [self._agents[a] for a in call.offered_to if a in self._agents]
         call.offered_to = []
         self._forget(call)
-        self._stats_of(call).abandoned += 1
+        if not call.handed_on:
+            self._stats_of(call).abandoned += 1
         out.append(CallLeft(call_id=call_id, queue_id=call.queue_id, why="abandoned"))
         for agent in released:
             self._become_free(agent, now, out, idle_again=False)
+        return out
+
+    def transferred(
+        self, call_id: UUID, agent_id: UUID, now: float, to_agent_id: UUID | None = None
+    ) -> list[Decision]:
+        """The agent talking on the call handed it on; they go to wrap-up. Handed to another
+        agent (`to_agent_id`), the call is offered to them at once when they are available, and
+        otherwise waits in its queue in its old place (as it does when they do not answer), with
+        its overflow clock restarted. Handed to a queue or a number, the call is no longer the
+        core's: a queue transfer enqueues it again as a new arrival there."""
+        self._advance(now)
+        call = self._calls.get(call_id)
+        out: list[Decision] = []
+        if call is None or call.state != "connected" or call.agent_id != agent_id:
+            return out
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.state == "on_call" and agent.call_id == call_id:
+            self._start_wrap_up(agent, call.wrap_up_seconds, now, out)
+        queue = self._queues.get(call.queue_id)
+        if to_agent_id is None or queue is None:
+            self._forget(call)
+            return out
+        call.agent_id = None
+        call.handed_on = True
+        self._set_call_state(call, "waiting")
+        call.overflow_at = now + queue.max_wait_seconds
+        target = self._agents.get(to_agent_id)
+        if target is not None and target.state == "available":
+            self._offer(call, [target], now, out)
+        else:
+            self._place(call)
+            self._serve_waiting_call(call, now, out)
         return out
 
     def callback_requested(self, call_id: UUID, number: str, now: float) -> list[Decision]:

@@ -70,6 +70,9 @@ class CallRecord(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     wrap_up_seconds: float = 0.0
     left: bool = False
     """Set once the call is no longer the core's (so its timers lapse); never in a snapshot."""
+    handed_on: bool = False
+    """An agent transferred the call to another agent: answered once already, so the second
+    answer does not count in the queue's statistics again."""
 
     @property
     def key(self) -> OrderKey:

@@ -99,7 +99,7 @@ class PySoftphone:
         except websockets.ConnectionClosed as exc:
             self.closed = exc
         else:
-            self.closed = websockets.ConnectionClosedOK(self._ws.close_rcvd, self._ws.close_sent)
+            self.closed = self._ws.close_exc
         async with self._changed:
             self._changed.notify_all()
 
