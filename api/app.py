@@ -17,6 +17,7 @@ from api.context import ApiDeps, _valid_ip
 from api.controllers.agent_ws import agent_socket
 from api.controllers.agents import AgentPresenceController, QueueLiveController
 from api.controllers.auth import AuthController, OAuthController
+from api.controllers.calls import CallMonitorController
 from api.controllers.contacts import ContactController
 from api.controllers.flows import FlowController, NumberRoutingController
 from api.controllers.health import HealthController
@@ -146,6 +147,7 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             IntegrationController,
             PagesController,
             SoftphoneController,
+            CallMonitorController,
             agent_socket,
         ],
         state=State({"deps": deps}),

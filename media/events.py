@@ -172,6 +172,17 @@ class CallTransferred(_CallEvent, frozen=True, kw_only=True, tag="call.transferr
     agent_id: UUID | None = None
 
 
+class CallMonitored(_CallEvent, frozen=True, kw_only=True, tag="call.monitored"):
+    """A supervisor joined the call, changed how they take part, or left ("ended"): "listen"
+    (hears both sides, heard by neither), "whisper" (heard by the agent only) or "barge"
+    (heard by both)."""
+
+    _verb = "monitored"
+    supervisor_id: UUID
+    agent_id: UUID
+    mode: Literal["listen", "whisper", "barge", "ended"]
+
+
 codec = EventCodec(
     (
         CallStarted,
@@ -190,5 +201,6 @@ codec = EventCodec(
         CallCallbackFailed,
         CallVoicemail,
         CallTransferred,
+        CallMonitored,
     )
 )

@@ -20,10 +20,21 @@ RESOURCES = (
     "trunks",
     "presence",
     "voicemails",
+    "calls",
 )
 _CONTACT_CENTER = frozenset(
     f"{r}:{a}"
-    for r in ("seats", "skills", "queues", "flows", "prompts", "contacts", "presence", "voicemails")
+    for r in (
+        "seats",
+        "skills",
+        "queues",
+        "flows",
+        "prompts",
+        "contacts",
+        "presence",
+        "voicemails",
+        "calls",
+    )
     for a in ("read", "write")
 )
 ALL_PERMISSIONS: frozenset[str] = frozenset(

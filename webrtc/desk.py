@@ -20,15 +20,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 
 from media import events as ev
-from media.bridge import Bridge
+from media.bridge import Bridge, Mixer, MixMode
 from media.node import Call, CommandRefused, MediaNode, _Command, _encode
-from media.queueing import RingInfo, TransferKind
+from media.queueing import RingInfo, TransferKind, _first_set
 from media.sip.call import CallEnd, CallEnded
 from media.stream import RtpStream
 from webrtc.leg import AgentPeer, IceServer, NegotiationFailed, WebRtcStream
@@ -84,6 +84,15 @@ class MuteCommand(CallCommand, kw_only=True):
 
 class DtmfCommand(CallCommand, kw_only=True):
     digits: Digits
+
+
+MonitorMode = Literal["listen", "whisper", "barge"]
+"""Listen: hears both, heard by neither. Whisper: heard by the agent only. Barge: all three."""
+_MIX_MODES: dict[str, MixMode] = {"listen": "listen", "whisper": "whisper", "barge": "full"}
+
+
+class MonitorCommand(CallCommand, kw_only=True):
+    mode: MonitorMode
 
 
 class TransferCommand(CallCommand, kw_only=True):
@@ -157,6 +166,8 @@ class AgentSession:
     stop_serving: Callable[[], Awaitable[None]] | None = None
     grace: asyncio.TimerHandle | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    monitor: Monitor | None = None
+    """The call this user is supervising, if any."""
 
     def notify(self, message: dict[str, Any]) -> None:
         self.desk.notify(self.tenant_id, self.agent_id, message)
@@ -168,6 +179,22 @@ class AgentSession:
         self.notify(
             line.notice("ended" if answered else "offer_withdrawn", end.reason or end.cause)
         )
+
+
+@dataclass(eq=False)
+class Monitor:
+    """A supervisor on a call: while it lasts the caller, the agent and the supervisor are
+    joined by a mixer instead of the call's two-leg bridge."""
+
+    supervisor: AgentSession
+    call: Call
+    agent_id: UUID
+    agent_stream: RtpStream
+    mixer: Mixer
+    mode: MonitorMode
+    watcher: asyncio.Task[None] | None = None
+    told: str | None = None
+    """What the agent was last told of the supervisor: "whisper", "barge" or nothing."""
 
 
 class AgentDesk:
@@ -189,6 +216,8 @@ class AgentDesk:
         self.reconnect_grace_seconds = reconnect_grace_seconds
         self.sessions: dict[tuple[UUID, UUID], AgentSession] = {}
         self._opening: dict[tuple[UUID, UUID], asyncio.Lock] = {}
+        self.monitors: dict[UUID, Monitor] = {}
+        """By call id: the supervisor on each supervised call of this node."""
 
     def counts(self) -> dict[str, int]:
         return {
@@ -234,11 +263,13 @@ class AgentDesk:
             if session.grace is not None:
                 session.grace.cancel()
                 session.grace = None
-            if line is not None and line.call is not None and not line.held:
-                self._reconnect_audio(line)
-        elif state in ("failed", "closed", "disconnected"):
             if line is not None and line.call is not None:
-                self._hold_music(line)
+                self._arrange(line.call)
+        elif state in ("failed", "closed", "disconnected"):
+            if session.monitor is not None:
+                self._end_monitor(session.monitor, "supervisor_unreachable")
+            if line is not None and line.call is not None:
+                self._arrange(line.call)
             if session.grace is None and line is not None:
                 session.grace = asyncio.get_running_loop().call_later(
                     self.reconnect_grace_seconds, self._give_up, session
@@ -263,6 +294,8 @@ class AgentDesk:
         if self.sessions.get(key) is session:
             del self.sessions[key]
             self._opening.pop(key, None)
+        if session.monitor is not None:
+            self._end_monitor(session.monitor, "supervisor_signed_off")
         if session.line is not None:
             session.line.end(CallEnd(cause="failed", reason="agent_signed_off"))
         if session.grace is not None:
@@ -285,7 +318,7 @@ class AgentDesk:
         session = self.sessions.get((tenant_id, agent_id))
         if session is None or not session.stream.connected:
             raise CommandRefused("device_unreachable", "the agent's softphone is not connected")
-        if session.line is not None:
+        if session.line is not None or session.monitor is not None:
             raise CommandRefused("agent_busy", "the agent's line is in use")
         line = DeskLine(session, info)
         session.line = line
@@ -360,10 +393,7 @@ class AgentDesk:
         line.held = held
         call = line.call
         assert call is not None
-        if held:
-            self._hold_music(line)
-        elif line.session.stream.connected:
-            self._reconnect_audio(line)
+        self._arrange(call)
         kind = ev.CallHeld if held else ev.CallResumed
         self.node._emit(
             kind(
@@ -378,9 +408,8 @@ class AgentDesk:
     def mute(self, tenant_id: UUID, agent_id: UUID, call_id: UUID, muted: bool) -> None:
         line = self._talking(tenant_id, agent_id, call_id)
         line.muted = muted
-        assert line.bridge is not None
-        if line.bridge.running:
-            line.bridge.mute(line.session.stream, muted)
+        assert line.call is not None
+        self._arrange(line.call)
 
     def dtmf(self, tenant_id: UUID, agent_id: UUID, call_id: UUID, digits: str) -> None:
         line = self._talking(tenant_id, agent_id, call_id)
@@ -402,25 +431,171 @@ class AgentDesk:
         """A blind transfer of the call on the agent's line (see `Queues.hand_on`); the line
         ends with the reason "transferred"."""
         self._talking(tenant_id, agent_id, call_id)
+        monitor = self.monitors.get(call_id)
+        if monitor is not None:
+            self._end_monitor(monitor, "transferred")
         await self.node.queues.hand_on(tenant_id, call_id, agent_id, to_kind=to_kind, to=to)
 
-    def _hold_music(self, line: DeskLine) -> None:
-        """The caller hears the queue's hold music; the agent hears nothing."""
-        call, bridge = line.call, line.bridge
-        if call is None or bridge is None or call.is_over:
+    def _line_of(self, call: Call) -> DeskLine | None:
+        """The browser line talking on `call`, if its agent is a browser agent of this node."""
+        if call.agent_id is None:
+            return None
+        session = self.sessions.get((call.tenant_id, call.agent_id))
+        line = session.line if session is not None else None
+        return line if line is not None and line.call is call else None
+
+    def _arrange(self, call: Call) -> None:
+        """Join the call's legs as its state says: the caller hears hold music while the agent
+        holds or their connection is down; a muted agent is not heard; a supervisor on the call
+        (a mixer instead of the bridge) hears, whispers or talks as their mode says."""
+        bridge = call.bridge
+        leg = call.queued.agent if call.queued is not None else None
+        if bridge is None or call.is_over or leg is None or leg.over.is_set():
+            return  # over, or being handed on: nothing to join
+        line = self._line_of(call)
+        agent_here = line is None or line.session.stream.connected
+        caller_in = agent_here and (line is None or not line.held)
+        muted = line is not None and line.muted
+        monitor = self.monitors.get(call.id)
+        queues = self.node.queues
+        if monitor is None:
+            if not caller_in:
+                bridge.stop()
+                if call.queued is not None:
+                    queues.hold_music(call)
+                return
+            queues.silence(call)
+            bridge.start()
+            if line is not None:
+                bridge.mute(line.session.stream, muted)
             return
         bridge.stop()
-        if call.queued is not None:
-            self.node.queues.hold_music(call)
+        mixer = monitor.mixer
+        if caller_in:
+            queues.silence(call)
+            mixer.add(call.stream, "full")
+        else:
+            mixer.remove(call.stream)
+            if call.queued is not None:
+                queues.hold_music(call)
+        if agent_here:
+            mixer.add(monitor.agent_stream, "listen" if muted else "full")
+        else:
+            mixer.remove(monitor.agent_stream)
+        supervisor = monitor.supervisor.stream
+        if monitor.mode == "whisper" and monitor.agent_stream in mixer:
+            mixer.add(supervisor, "whisper", whisper_to=monitor.agent_stream)
+        else:
+            mixer.add(
+                supervisor, "listen" if monitor.mode == "whisper" else _MIX_MODES[monitor.mode]
+            )
 
-    def _reconnect_audio(self, line: DeskLine) -> None:
-        call, bridge = line.call, line.bridge
-        if call is None or bridge is None or call.is_over:
+    # --- supervisors ---------------------------------------------------------------------------
+
+    def monitor(
+        self, tenant_id: UUID, supervisor_id: UUID, call_id: UUID, mode: MonitorMode
+    ) -> dict[str, Any]:
+        """Listen to, whisper to the agent on, or barge into a connected call of the tenant on
+        this node, over the supervisor's own softphone line; or change how. One supervisor per
+        call, one call per supervisor; the supervisor's line must be free."""
+        session = self.sessions.get((tenant_id, supervisor_id))
+        if session is None or not session.stream.connected:
+            raise CommandRefused("no_media", "the supervisor's softphone is not connected")
+        if session.line is not None:
+            raise CommandRefused("busy", "the supervisor is on a call of their own")
+        current = session.monitor
+        if current is not None and current.call.id != call_id:
+            raise CommandRefused("already_monitoring", "stop supervising the other call first")
+        if current is None:
+            call = self.node._call(tenant_id, call_id)
+            leg = call.queued.agent if call.queued is not None else None
+            if call.bridge is None or leg is None or call.is_over:
+                raise CommandRefused("not_connected", "the call is not talking to an agent")
+            if leg.agent_id == supervisor_id:
+                raise CommandRefused("own_call", "supervisors cannot supervise their own call")
+            if call_id in self.monitors:
+                raise CommandRefused("monitored", "another supervisor is on this call")
+            current = Monitor(
+                session, call, leg.agent_id, leg.stream, Mixer(self.node.ticker), mode
+            )
+            session.monitor = current
+            self.monitors[call_id] = current
+            current.watcher = asyncio.get_running_loop().create_task(
+                self._watch(current, leg.over), name=f"monitor-{call_id}"
+            )
+        current.mode = mode
+        self._arrange(current.call)
+        self._monitor_changed(current, mode)
+        self._tell_agent(current)
+        return {"call_id": str(call_id), "mode": mode, "agent_id": str(current.agent_id)}
+
+    def stop_monitor(self, tenant_id: UUID, supervisor_id: UUID, call_id: UUID) -> None:
+        session = self.sessions.get((tenant_id, supervisor_id))
+        monitor = session.monitor if session is not None else None
+        if monitor is None or monitor.call.id != call_id:
+            raise CommandRefused("not_monitoring", "the supervisor is not on that call")
+        self._end_monitor(monitor, "stopped")
+
+    async def _watch(self, monitor: Monitor, agent_gone: asyncio.Event) -> None:
+        await _first_set(monitor.call.over, agent_gone)
+        self._end_monitor(monitor, "call_ended")
+
+    def _end_monitor(self, monitor: Monitor, cause: str) -> None:
+        call = monitor.call
+        if self.monitors.get(call.id) is not monitor:
             return
-        self.node.queues.silence(call)
-        bridge.start()
-        if line.muted:
-            bridge.mute(line.session.stream, True)
+        del self.monitors[call.id]
+        monitor.supervisor.monitor = None
+        if monitor.watcher is not None and monitor.watcher is not asyncio.current_task():
+            monitor.watcher.cancel()
+        for stream in (monitor.supervisor.stream, monitor.agent_stream, call.stream):
+            monitor.mixer.remove(stream)
+        self._arrange(call)
+        self._monitor_changed(monitor, "ended", cause)
+        monitor.mode = "listen"
+        self._tell_agent(monitor)
+
+    def _monitor_changed(self, monitor: Monitor, mode: str, cause: str | None = None) -> None:
+        call = monitor.call
+        self.node._emit(
+            ev.CallMonitored(
+                tenant_id=call.tenant_id,
+                call_id=call.id,
+                node_id=self.node.config.node_id,
+                supervisor_id=monitor.supervisor.agent_id,
+                agent_id=monitor.agent_id,
+                mode=mode,  # type: ignore[arg-type]
+            )
+        )
+        message: dict[str, Any] = {
+            "type": "monitor",
+            "call_id": str(call.id),
+            "agent_id": str(monitor.agent_id),
+            "mode": mode,
+            "from_number": call.from_number,
+            "at": _now(),
+        }
+        if cause is not None:
+            message["cause"] = cause
+        monitor.supervisor.notify(message)
+
+    def _tell_agent(self, monitor: Monitor) -> None:
+        """An agent is told when a supervisor whispers or barges (and when that ends); a
+        supervisor who only listens is never announced."""
+        audible = monitor.mode if monitor.mode in ("whisper", "barge") else None
+        if audible == monitor.told:
+            return
+        monitor.told = audible
+        self.notify(
+            monitor.call.tenant_id,
+            monitor.agent_id,
+            {
+                "type": "supervisor",
+                "call_id": str(monitor.call.id),
+                "mode": audible,
+                "supervisor_id": str(monitor.supervisor.agent_id) if audible else None,
+            },
+        )
 
     # --- commands from the API (media.agent.<tenant>.<agent>.<verb>) --------------------------
 
@@ -473,6 +648,13 @@ class AgentDesk:
         if verb == "dtmf":
             dtmf = msgspec.json.decode(payload, type=DtmfCommand)
             self.dtmf(dtmf.tenant_id, dtmf.agent_id, dtmf.call_id, dtmf.digits)
+            return {}
+        if verb == "monitor":
+            monitor = msgspec.json.decode(payload, type=MonitorCommand)
+            return self.monitor(monitor.tenant_id, monitor.agent_id, monitor.call_id, monitor.mode)
+        if verb == "stop_monitor":
+            stop = msgspec.json.decode(payload, type=CallCommand)
+            self.stop_monitor(stop.tenant_id, stop.agent_id, stop.call_id)
             return {}
         if verb == "transfer":
             transfer = msgspec.json.decode(payload, type=TransferCommand)

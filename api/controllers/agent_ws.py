@@ -27,6 +27,7 @@ from litestar.exceptions import WebSocketDisconnect
 from nats.aio.msg import Msg
 
 from api.context import ApiDeps
+from api.controllers.calls import MONITOR_PERMISSION
 from bus.connection import Bus
 from bus.requests import NoResponder, send_command
 from media.policy import E164_RE
@@ -107,6 +108,14 @@ class Transfer(_OnCall, tag="transfer"):
     attended: bool = False
 
 
+class Monitor(_OnCall, tag="monitor"):
+    mode: Literal["listen", "whisper", "barge"]
+
+
+class StopMonitor(_OnCall, tag="stop_monitor"):
+    pass
+
+
 class Dial(_Msg, tag="dial"):
     number: E164
     caller_id: E164
@@ -133,6 +142,8 @@ ClientMessage = (
     | Mute
     | Dtmf
     | Transfer
+    | Monitor
+    | StopMonitor
     | Dial
     | WrapUp
     | Ping
@@ -303,6 +314,13 @@ class AgentSocket:
             self.send(_presence_view(raw))
         elif isinstance(message, Transfer):
             await self.transfer(message)
+        elif isinstance(message, Monitor | StopMonitor):
+            if not self.subject or not self.subject.can(MONITOR_PERMISSION):
+                raise SocketError("forbidden", "Supervising calls needs a supervisor's role.")
+            if isinstance(message, Monitor):
+                await self.node("monitor", {"call_id": str(message.call_id), "mode": message.mode})
+            else:
+                await self.node("stop_monitor", {"call_id": str(message.call_id)})
         elif isinstance(message, Dial):
             raise SocketError("not_supported", "Click-to-dial is not available yet.")
 
