@@ -1,7 +1,9 @@
 """The softphone page in headless Chromium, end to end: an agent signs in and goes available,
 a SIPp caller (playing 440 Hz) is queued and offered, the page shows the screen pop, the test
 clicks Answer, and each side hears the other's tone (the browser's fake microphone plays
-1000 Hz); then hold, resume and hang up, with the events agreeing. It also times the caller's
+1000 Hz); then hold and resume, a blind transfer from the page's dialog to a second agent in
+another Chromium (whose microphone plays 1400 Hz), who answers, talks and hangs up; the first
+agent wraps up; the events agree with all of it, in order. It also times the caller's
 INVITE -> the offer on screen, and the Answer click -> the caller hearing the agent
 (loadtests/softphone_latency.py collects these over repeated runs)."""
 
@@ -15,9 +17,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Page
 
 from tests.media.capture import can_capture
 from tests.media.tones import decode_rtp_payloads, tone_power, write_tone_wav
+from tests.routing.center import add_agents
 from tests.webrtc.browser import chromium_page, remote_tone_power, requires_chromium
 from tests.webrtc.floor import AGENT_TONE, CALLER, CALLER_TONE, Floor
 
@@ -26,8 +30,12 @@ pytestmark = [
     pytest.mark.skipif(not can_capture(), reason="capturing RTP needs AF_PACKET (root)"),
 ]
 
-PASSWORD = "Headset-0-Passw0rd"
-"""What tests.routing.center.add_agents gives agent 0."""
+SECOND_TONE = 1400.0
+
+
+def _password(index: int) -> str:
+    """What tests.routing.center.add_agents gives agent `index`."""
+    return f"Headset-{index}-Passw0rd"
 
 
 async def _until(predicate: object, timeout: float = 15.0) -> None:
@@ -41,19 +49,18 @@ async def test_an_agent_in_chromium_takes_a_queued_call_with_two_way_audio(
 ) -> None:
     wav = tmp_path / "agent.wav"
     write_tone_wav(wav, AGENT_TONE, 2.0)
+    second_wav = tmp_path / "second.wav"
+    write_tone_wav(second_wav, SECOND_TONE, 2.0)
     agent = floor.agents[0]
-    async with chromium_page(wav) as page:
-        await page.goto(f"{floor.http_url}/softphone")
-        await page.fill("#login-email", agent.email)
-        await page.fill("#login-password", PASSWORD)
-        await page.click("#login-submit")
-        await page.wait_for_function(
-            "() => window.softphone && window.softphone.pc"
-            " && window.softphone.pc.connectionState === 'connected'",
-            timeout=20_000,
-        )
+    # In no queue: the caller reaches them only by the transfer.
+    (second,) = await add_agents(floor.api, floor.center, 1, start=1)
+    async with chromium_page(wav) as page, chromium_page(second_wav) as second_page:
+        await _sign_in(page, floor, agent.email, _password(0))
+        await _sign_in(second_page, floor, second.email, _password(1))
         await page.select_option("#state-select", "available")
         await _presence(floor, agent.id, "available")
+        await second_page.select_option("#state-select", "available")
+        await _presence(floor, second.id, "available")
 
         caller = floor.call()
         await page.wait_for_selector("#offer-banner", state="visible", timeout=20_000)
@@ -99,25 +106,61 @@ async def test_an_agent_in_chromium_takes_a_queued_call_with_two_way_audio(
         await asyncio.sleep(0.3)
         assert await caller.hears(AGENT_TONE) > 0.5
 
-        await page.click("#hangup-btn")
+        # A blind transfer from the page's dialog to the second agent.
+        await page.click("#transfer-btn")
+        await page.select_option("#transfer-kind", "agent")
+        await page.fill("#transfer-to", second.id)
+        await page.click("#transfer-submit")
+        await second_page.wait_for_selector("#offer-banner", state="visible", timeout=20_000)
+        await page.wait_for_selector("#wrapup-form", state="visible", timeout=10_000)
+        await _presence(floor, agent.id, "wrap_up")
+        await second_page.click("#answer-btn")
+        await _call_event(floor, "call.offer_answered", count=2)
+        await asyncio.sleep(1.0)
+        assert await caller.hears(SECOND_TONE) > 0.5
+        assert await caller.hears(AGENT_TONE) < 0.1
+        assert await remote_tone_power(second_page, CALLER_TONE) > 0.5
+
+        await second_page.click("#hangup-btn")
         result = await caller.result()
         assert result.ok, result.explain()
         ended = (await floor.timeline.wait("call.ended"))[0]
-        assert ended["agent_id"] == agent.id
-        await page.wait_for_selector("#wrapup-form", state="visible", timeout=10_000)
-        await _presence(floor, agent.id, "wrap_up")
-        await page.fill("#wrapup-notes", "Caller asked about an invoice.")
+        assert ended["agent_id"] == second.id
+        await second_page.wait_for_selector("#wrapup-form", state="visible", timeout=10_000)
+        await page.fill("#wrapup-notes", "Caller asked about an invoice; passed to billing.")
         await page.click("#wrapup-submit")
         await _presence(floor, agent.id, "available", count=2)
         assert "ended" in (await page.inner_text("#call-list")).lower() or CALLER in (
             await page.inner_text("#call-list")
         )
         answered = floor.timeline.of("call.offer_answered")
-        assert [e["agent_id"] for e in answered] == [agent.id]
+        assert [e["agent_id"] for e in answered] == [agent.id, second.id]
+        (transferred,) = floor.timeline.of("call.transferred")
+        assert (transferred["agent_id"], transferred["to"]) == (agent.id, second.id)
         # The events tell the call in the order it happened.
-        order = ["call.queued", "call.offer_answered", "call.held", "call.resumed", "call.ended"]
-        times = [_at(floor.timeline.of(kind)[0]) for kind in order]
-        assert times == sorted(times), dict(zip(order, times, strict=True))
+        order = [
+            floor.timeline.of("call.queued")[0],
+            answered[0],
+            floor.timeline.of("call.held")[0],
+            floor.timeline.of("call.resumed")[0],
+            transferred,
+            answered[1],
+            ended,
+        ]
+        times = [_at(event) for event in order]
+        assert times == sorted(times), [(e["type"], t) for e, t in zip(order, times, strict=True)]
+
+
+async def _sign_in(page: Page, floor: Floor, email: str, password: str) -> None:
+    await page.goto(f"{floor.http_url}/softphone")
+    await page.fill("#login-email", email)
+    await page.fill("#login-password", password)
+    await page.click("#login-submit")
+    await page.wait_for_function(
+        "() => window.softphone && window.softphone.pc"
+        " && window.softphone.pc.connectionState === 'connected'",
+        timeout=20_000,
+    )
 
 
 def _at(event: dict[str, object]) -> float:
@@ -140,8 +183,8 @@ async def _presence(floor: Floor, agent_id: str, state: str, count: int = 1) -> 
     await _until(reached)
 
 
-async def _call_event(floor: Floor, kind: str) -> None:
+async def _call_event(floor: Floor, kind: str, count: int = 1) -> None:
     async def seen() -> bool:
-        return bool(floor.timeline.of(kind))
+        return len(floor.timeline.of(kind)) >= count
 
     await _until(seen)
