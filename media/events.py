@@ -172,6 +172,15 @@ class CallTransferred(_CallEvent, frozen=True, kw_only=True, tag="call.transferr
     agent_id: UUID | None = None
 
 
+class CallDialed(_CallEvent, frozen=True, kw_only=True, tag="call.dialed"):
+    """An agent placed this outbound call from their softphone (click-to-dial); it follows
+    its call.started, and the call's other events follow as usual."""
+
+    _verb = "dialed"
+    agent_id: UUID
+    to_number: str
+
+
 class CallMonitored(_CallEvent, frozen=True, kw_only=True, tag="call.monitored"):
     """A supervisor joined the call, changed how they take part, or left ("ended"): "listen"
     (hears both sides, heard by neither), "whisper" (heard by the agent only) or "barge"
@@ -202,5 +211,6 @@ codec = EventCodec(
         CallVoicemail,
         CallTransferred,
         CallMonitored,
+        CallDialed,
     )
 )

@@ -68,6 +68,7 @@ CALL_VERBS = frozenset(
         "callback_requested",
         "callback_failed",
         "transferred",
+        "dialed",
     }
 )
 CATALOG_RESOURCES = frozenset({"queue", "skill", "seat", "agent", "user"})
@@ -370,6 +371,8 @@ class Router:
                 if event.agent_id is not None:
                     to_agent = UUID(event.to) if event.to_kind == "agent" else None
                     decisions = acd.transferred(event.call_id, event.agent_id, now, to_agent)
+            case "call.dialed":
+                decisions = acd.dialing(event.call_id, event.agent_id, now)
             case "call.callback_requested":
                 decisions = acd.callback_requested(event.call_id, event.number, now)
             case "call.callback_failed":

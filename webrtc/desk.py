@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import msgspec
 
 from media import events as ev
 from media.bridge import Bridge, Mixer, MixMode
-from media.node import Call, CommandRefused, MediaNode, _Command, _encode
+from media.node import Call, CommandRefused, MediaNode, Originate, _Command, _encode
 from media.queueing import RingInfo, TransferKind, _first_set
 from media.sip.call import CallEnd, CallEnded
 from media.stream import RtpStream
@@ -41,6 +42,9 @@ __all__ = [
     "agent_command_subject",
     "agent_notice_subject",
 ]
+
+DIAL_RING_SECONDS = 45.0
+"""How long a number the agent dials may ring."""
 
 CONNECT_SUBJECT = "media.agents.connect"
 """Where a softphone's first offer goes (a queue group: any media node takes it)."""
@@ -95,6 +99,11 @@ class MonitorCommand(CallCommand, kw_only=True):
     mode: MonitorMode
 
 
+class DialCommand(_AgentCommand, kw_only=True):
+    number: Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
+    caller_id: Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
+
+
 class TransferCommand(CallCommand, kw_only=True):
     to_kind: TransferKind
     to: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -108,10 +117,11 @@ class DeskLine:
     """One call offered to (and perhaps answered by) a browser agent: the `AgentLine` the
     queueing code rings."""
 
-    def __init__(self, session: AgentSession, info: RingInfo) -> None:
+    def __init__(self, session: AgentSession, info: RingInfo, direction: str = "inbound") -> None:
         loop = asyncio.get_running_loop()
         self.session = session
         self.info = info
+        self.direction = direction
         self.ringing = asyncio.Event()
         self.answered: asyncio.Future[Any] = loop.create_future()
         self.ended: asyncio.Future[CallEnd] = loop.create_future()
@@ -133,7 +143,7 @@ class DeskLine:
             "from_number": self.info.from_number,
             "to_number": self.info.to_number,
             "at": _now(),
-            "direction": "inbound",
+            "direction": self.direction,
         }
         if cause is not None:
             message["cause"] = cause
@@ -176,9 +186,8 @@ class AgentSession:
         if self.line is line:
             self.line = None
         answered = line.answered.done() and line.answered.exception() is None
-        self.notify(
-            line.notice("ended" if answered else "offer_withdrawn", end.reason or end.cause)
-        )
+        state = "ended" if answered or line.direction == "outbound" else "offer_withdrawn"
+        self.notify(line.notice(state, end.reason or end.cause))
 
 
 @dataclass(eq=False)
@@ -449,10 +458,12 @@ class AgentDesk:
         holds or their connection is down; a muted agent is not heard; a supervisor on the call
         (a mixer instead of the bridge) hears, whispers or talks as their mode says."""
         bridge = call.bridge
-        leg = call.queued.agent if call.queued is not None else None
-        if bridge is None or call.is_over or leg is None or leg.over.is_set():
-            return  # over, or being handed on: nothing to join
         line = self._line_of(call)
+        leg = call.queued.agent if call.queued is not None else None
+        if bridge is None or call.is_over or (leg is None and line is None):
+            return  # over, or being handed on: nothing to join
+        if leg is not None and leg.over.is_set():
+            return
         agent_here = line is None or line.session.stream.connected
         caller_in = agent_here and (line is None or not line.held)
         muted = line is not None and line.muted
@@ -490,6 +501,91 @@ class AgentDesk:
                 supervisor, "listen" if monitor.mode == "whisper" else _MIX_MODES[monitor.mode]
             )
 
+    # --- click-to-dial -------------------------------------------------------------------------
+
+    async def dial(
+        self, tenant_id: UUID, agent_id: UUID, number: str, caller_id: str
+    ) -> dict[str, Any]:
+        """Call `number` from the agent's line, showing `caller_id` (one of the tenant's
+        numbers): the agent hears the call progress on their softphone and is bridged to the
+        customer on answer. The router counts the agent busy from `call.dialed` on."""
+        session = self.sessions.get((tenant_id, agent_id))
+        if session is None or not session.stream.connected:
+            raise CommandRefused("no_media", "the softphone's audio is not connected")
+        if session.line is not None or session.monitor is not None:
+            raise CommandRefused("busy", "the agent's line is in use")
+        route = await self.node.directory.inbound_route(caller_id)
+        if route is None or route.tenant_id != tenant_id:
+            raise CommandRefused(
+                "caller_id_not_owned", "the caller ID must be one of the tenant's numbers"
+            )
+        if not route.tenant_active:
+            raise CommandRefused("tenant_inactive", "the tenant may not place calls now")
+        if session.line is not None:  # taken while the number was looked up
+            raise CommandRefused("busy", "the agent's line is in use")
+        info = RingInfo(
+            call_id=UUID(int=0),
+            queue_id=None,
+            from_number=caller_id,
+            to_number=number,
+            waited_seconds=0.0,
+            timeout_seconds=DIAL_RING_SECONDS,
+            context={},
+        )
+        line = DeskLine(session, info, direction="outbound")
+        session.line = line  # held from here, so no offer rings the line meanwhile
+        try:
+            call = await self.node.originate(
+                Originate(
+                    tenant_id=tenant_id,
+                    to=number,
+                    caller_id=caller_id,
+                    max_concurrent_calls=route.max_concurrent_calls,
+                )
+            )
+        except BaseException:
+            session.line = None
+            raise
+        call.agent_id = agent_id
+        line.info = dataclasses.replace(info, call_id=call.id)
+        line.call = call
+        self.node._emit(
+            ev.CallDialed(
+                tenant_id=tenant_id,
+                call_id=call.id,
+                node_id=self.node.config.node_id,
+                agent_id=agent_id,
+                to_number=number,
+            )
+        )
+        self._state(line, "dialing")
+        task = asyncio.get_running_loop().create_task(
+            self._follow_dial(line, call), name=f"dial-{call.id}"
+        )
+        session.tasks.add(task)
+        task.add_done_callback(session.tasks.discard)
+        return {"call_id": str(call.id)}
+
+    async def _follow_dial(self, line: DeskLine, call: Call) -> None:
+        hung_up = asyncio.Event()
+        line.ended.add_done_callback(lambda _end: hung_up.set())
+        outcome = await self.node.queues._answered_within(
+            call, DIAL_RING_SECONDS, hung_up, gone_reason="agent_hangup"
+        )
+        if outcome != "answered":
+            line.end(CallEnd(cause="failed", reason=outcome if outcome != "gone" else "cancelled"))
+            return
+        bridge = Bridge(call.stream, line.session.stream)
+        call.bridge = line.bridge = bridge
+        line.answered.set_result(None)
+        self._arrange(call)
+        self._state(line, "connected")
+        await _first_set(call.over, hung_up)
+        bridge.stop()
+        if not call.is_over:
+            await self.node.hangup(call, "agent_hangup")
+        line.end(CallEnd(cause="remote_bye", reason="customer_hangup"))
+
     # --- supervisors ---------------------------------------------------------------------------
 
     def monitor(
@@ -508,26 +604,40 @@ class AgentDesk:
             raise CommandRefused("already_monitoring", "stop supervising the other call first")
         if current is None:
             call = self.node._call(tenant_id, call_id)
-            leg = call.queued.agent if call.queued is not None else None
-            if call.bridge is None or leg is None or call.is_over:
+            talking = self._agent_on(call)
+            if talking is None:
                 raise CommandRefused("not_connected", "the call is not talking to an agent")
-            if leg.agent_id == supervisor_id:
+            agent_id, agent_stream, agent_gone = talking
+            if agent_id == supervisor_id:
                 raise CommandRefused("own_call", "supervisors cannot supervise their own call")
             if call_id in self.monitors:
                 raise CommandRefused("monitored", "another supervisor is on this call")
-            current = Monitor(
-                session, call, leg.agent_id, leg.stream, Mixer(self.node.ticker), mode
-            )
+            current = Monitor(session, call, agent_id, agent_stream, Mixer(self.node.ticker), mode)
             session.monitor = current
             self.monitors[call_id] = current
             current.watcher = asyncio.get_running_loop().create_task(
-                self._watch(current, leg.over), name=f"monitor-{call_id}"
+                self._watch(current, agent_gone), name=f"monitor-{call_id}"
             )
         current.mode = mode
         self._arrange(current.call)
         self._monitor_changed(current, mode)
         self._tell_agent(current)
         return {"call_id": str(call_id), "mode": mode, "agent_id": str(current.agent_id)}
+
+    def _agent_on(self, call: Call) -> tuple[UUID, RtpStream, asyncio.Event] | None:
+        """Who is talking to the caller on `call` (agent, their leg, set when they are gone):
+        the agent who took it from a queue, or a browser agent who dialed it."""
+        if call.is_over or call.bridge is None:
+            return None
+        leg = call.queued.agent if call.queued is not None else None
+        if leg is not None:
+            return leg.agent_id, leg.stream, leg.over
+        line = self._line_of(call)
+        if line is None:
+            return None
+        gone = asyncio.Event()
+        line.ended.add_done_callback(lambda _end: gone.set())
+        return line.session.agent_id, line.session.stream, gone
 
     def stop_monitor(self, tenant_id: UUID, supervisor_id: UUID, call_id: UUID) -> None:
         session = self.sessions.get((tenant_id, supervisor_id))
@@ -656,6 +766,9 @@ class AgentDesk:
             stop = msgspec.json.decode(payload, type=CallCommand)
             self.stop_monitor(stop.tenant_id, stop.agent_id, stop.call_id)
             return {}
+        if verb == "dial":
+            dial = msgspec.json.decode(payload, type=DialCommand)
+            return await self.dial(dial.tenant_id, dial.agent_id, dial.number, dial.caller_id)
         if verb == "transfer":
             transfer = msgspec.json.decode(payload, type=TransferCommand)
             await self.transfer(

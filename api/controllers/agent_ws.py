@@ -322,7 +322,10 @@ class AgentSocket:
             else:
                 await self.node("stop_monitor", {"call_id": str(message.call_id)})
         elif isinstance(message, Dial):
-            raise SocketError("not_supported", "Click-to-dial is not available yet.")
+            reply = await self.node(
+                "dial", {"number": message.number, "caller_id": message.caller_id}
+            )
+            self.send({"type": "dialing", "call_id": reply["call_id"], "ref": message.ref})
 
     async def transfer(self, message: Transfer) -> None:
         """Checked here so the agent hears at once what is wrong with the target; the node

@@ -328,6 +328,10 @@ class Acd(Book):
         call = self._calls.get(call_id)
         out: list[Decision] = []
         if call is None:
+            agent = self._agents.get(agent_id) if agent_id is not None else None
+            if agent is not None and agent.state == "on_call" and agent.call_id == call_id:
+                # The end of a call the agent dialed themself: no queue, no wrap-up time.
+                self._start_wrap_up(agent, 0.0, now, out)
             return out
         if call.callback_number is not None:
             if agent_id is None and not call.caller_left:
@@ -381,6 +385,26 @@ class Acd(Book):
         else:
             self._place(call)
             self._serve_waiting_call(call, now, out)
+        return out
+
+    def dialing(self, call_id: UUID, agent_id: UUID, now: float) -> list[Decision]:
+        """The agent placed an outbound call of their own: busy (on_call) until it ends. An
+        agent who was away returns to away afterwards; one in wrap-up ends it now. An agent
+        being offered a call is left alone (their line is taken, so that offer fails)."""
+        self._advance(now)
+        agent = self._agents.get(agent_id)
+        out: list[Decision] = []
+        if agent is None or agent.state in ("on_call", "reserved", "ringing"):
+            return out
+        if agent.state == "away" and agent.pending is None:
+            agent.pending, agent.pending_reason = "away", agent.reason
+        elif agent.state == "offline":
+            agent.pending, agent.pending_reason = "offline", None
+        agent.wrap_up_until = None
+        agent.call_id = call_id
+        agent.talk_started = now
+        agent.work_queue_id = None
+        self._set_state(agent, "on_call", None, now, out)
         return out
 
     def callback_requested(self, call_id: UUID, number: str, now: float) -> list[Decision]:
