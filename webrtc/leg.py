@@ -9,9 +9,18 @@ and receiver are never started, decrypted RTP and RTCP go straight to a `WebRtcS
 ICE pair aiortc selected. Bridges, the mixer, players and recorders treat it like any other leg,
 so audio passes between the caller and the browser without decode or encode.
 
+G.711 (PCMU or PCMA) is answered whenever the offer has it. An offer without either but with
+Opus (opus/48000/2) is answered with Opus, and only then is audio coded at all: an
+`OpusTranscoder` (webrtc/opus.py) sits between the connection and the stream, turning received
+Opus into PCMU packets before the stream sees them and what the stream sends as PCMU into Opus,
+so the stream stays a PCMU leg to the rest of the node. Each path is chosen once when a
+connection is attached (separate callbacks and transports), so G.711 packets pass through no
+test for it. Offers with neither are refused (`codec_unsupported`).
+
 The stream outlives peer connections: when the browser reconnects (a new offer after a network
 change), the new connection is attached to the same stream, which keeps its SSRC, sequence and
-timestamp, so whatever it was bridged to carries on.
+timestamp, so whatever it was bridged to carries on. The reconnected browser may negotiate the
+other codec family: the transcoder belongs to the connection, not the stream.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +46,14 @@ from aiortc.sdp import SessionDescription as AiortcSdp
 
 from media.ports import PortRange
 from media.stream import RTCP_INTERVAL, RtpStream
+from webrtc.opus import PCMU_PAYLOAD_TYPE, OpusTranscoder
 
 __all__ = ["AgentPeer", "IceServer", "NegotiationFailed", "WebRtcStream"]
 
 log = logging.getLogger(__name__)
 
 _G711 = ("audio/pcmu", "audio/pcma")
+_OPUS = ("audio/opus",)
 _PSEUDO_RTP = ("192.0.2.1", 9)
 """Where the stream believes its far end is (TEST-NET-1): the real address is the ICE pair's."""
 _PSEUDO_RTCP = ("192.0.2.1", 10)
@@ -51,7 +62,7 @@ _NO_PORTS = PortRange(2, 3)
 
 
 class NegotiationFailed(Exception):
-    """The browser's offer cannot be answered (no audio, no G.711, malformed)."""
+    """The browser's offer cannot be answered (no audio, neither G.711 nor Opus, malformed)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -107,6 +118,24 @@ class _SrtpOut(asyncio.DatagramTransport):
         return self._closed
 
 
+class _OpusOut(_SrtpOut):
+    """`_SrtpOut` for a connection that carries Opus: the stream's PCMU packets are encoded
+    first, its RTCP translated to the Opus clock."""
+
+    def __init__(self, dtls: RTCDtlsTransport, transcoder: OpusTranscoder, *, rtcp: bool) -> None:
+        super().__init__(dtls, rtcp=rtcp)
+        self._transcoder = transcoder
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closed:
+            return
+        if self._rtcp:
+            super().sendto(self._transcoder.rtcp_out(data), addr)
+            return
+        for packet in self._transcoder.send(data):
+            super().sendto(packet, addr)
+
+
 class WebRtcStream(RtpStream):
     """An `RtpStream` whose packets travel through a browser peer connection's SRTP."""
 
@@ -128,26 +157,49 @@ class WebRtcStream(RtpStream):
     def attach(
         self, dtls: RTCDtlsTransport, codec: str, payload_type: int, event_pt: int | None
     ) -> None:
-        """Carry the stream over `dtls` from now on (a new or renegotiated connection)."""
+        """Carry the stream over `dtls` from now on (a new or renegotiated connection). With
+        `codec` "OPUS" the connection gets its own transcoder and the stream becomes PCMU."""
         self.detach()
         link = object()
         self._link = link
+        on_rtp: Callable[[bytes, int], Awaitable[None]]
+        on_rtcp: Callable[[bytes], Awaitable[None]]
+        if codec.upper() != "OPUS":
 
-        async def on_rtp(data: bytes, arrival_time_ms: int = 0) -> None:
-            if self._link is link:
-                self._receive_rtp(data, _PSEUDO_RTP)
+            async def on_rtp(data: bytes, arrival_time_ms: int = 0) -> None:
+                if self._link is link:
+                    self._receive_rtp(data, _PSEUDO_RTP)
 
-        async def on_rtcp(data: bytes) -> None:
-            if self._link is link:
-                self._receive_rtcp(data, _PSEUDO_RTCP)
+            async def on_rtcp(data: bytes) -> None:
+                if self._link is link:
+                    self._receive_rtcp(data, _PSEUDO_RTCP)
+
+            self._rtp = _SrtpOut(dtls, rtcp=False)
+            self._rtcp = _SrtpOut(dtls, rtcp=True)
+            self._take(codec, payload_type, event_pt, sends=True)
+        else:
+            # telephone-event is not negotiated (aiortc cannot answer it), so keys pressed on
+            # either side travel as tones in the audio.
+            transcoder = OpusTranscoder(payload_type)
+
+            async def on_rtp(data: bytes, arrival_time_ms: int = 0) -> None:
+                if self._link is link:
+                    packet = transcoder.receive(data)
+                    if packet is not None:
+                        self._receive_rtp(packet, _PSEUDO_RTP)
+
+            async def on_rtcp(data: bytes) -> None:
+                if self._link is link:
+                    self._receive_rtcp(transcoder.rtcp_in(data), _PSEUDO_RTCP)
+
+            self._rtp = _OpusOut(dtls, transcoder, rtcp=False)
+            self._rtcp = _OpusOut(dtls, transcoder, rtcp=True)
+            self._take("PCMU", PCMU_PAYLOAD_TYPE, None, sends=True)
 
         # Instance attributes shadow the transport's methods: its receive loop calls these with
         # each decrypted packet, so aiortc's parsing, routing and decoding never run.
         dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
         dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
-        self._rtp = _SrtpOut(dtls, rtcp=False)
-        self._rtcp = _SrtpOut(dtls, rtcp=True)
-        self._take(codec, payload_type, event_pt, sends=True)
         self._remote = _PSEUDO_RTP
         self._rtcp_remote = _PSEUDO_RTCP
         self._source_addr = _PSEUDO_RTP
@@ -180,7 +232,7 @@ async def _skip(*_args: Any, **_kwargs: Any) -> None:
 
 def g711_only(answer_sdp: str) -> str:
     """Drop RTP header extensions from our answer so the browser sends plain 12-byte headers,
-    which bridges forward without parsing."""
+    which bridges forward (and the Opus transcoder reads) without parsing."""
     return _EXTMAP.sub("", answer_sdp)
 
 
@@ -191,6 +243,7 @@ class AgentPeer:
         self.pc = pc
         self.stream = stream
         self.codec = "PCMU"
+        """What the connection carries: PCMU, PCMA or OPUS (the stream itself is then PCMU)."""
         self.on_state: Callable[[str], None] | None = None
         self._dtls: RTCDtlsTransport | None = None
 
@@ -211,9 +264,20 @@ class AgentPeer:
         audio = [m for m in parsed.media if m.kind == "audio"]
         if len(audio) != 1 or len(parsed.media) != 1:
             raise NegotiationFailed("invalid_sdp", "the offer must have exactly one audio stream")
-        offered = {c.mimeType.lower() for c in audio[0].rtp.codecs}
-        if not offered & set(_G711):
-            raise NegotiationFailed("codec_unsupported", "the offer has neither PCMU nor PCMA")
+        offered = audio[0].rtp.codecs
+        wanted: tuple[str, ...]
+        if any(c.mimeType.lower() in _G711 for c in offered):
+            wanted = _G711
+        elif any(
+            c.mimeType.lower() in _OPUS and c.clockRate == 48000 and c.channels == 2
+            for c in offered
+        ):
+            # Only when the browser insists: Opus costs a decode and an encode per packet.
+            wanted = _OPUS
+        else:
+            raise NegotiationFailed(
+                "codec_unsupported", "the offer has neither PCMU, PCMA nor Opus"
+            )
         config = RTCConfiguration(
             iceServers=[
                 RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
@@ -224,11 +288,11 @@ class AgentPeer:
         peer = cls(pc, stream)
         try:
             # Made before the offer is applied so that the offer's audio lands on it with our
-            # codec preferences (G.711 only) already set.
+            # codec preferences (G.711, or else Opus alone) already set.
             transceiver = pc.addTransceiver("audio", direction="sendrecv")
             capabilities = RTCRtpSender.getCapabilities("audio")
             transceiver.setCodecPreferences(
-                [c for c in capabilities.codecs if c.mimeType.lower() in _G711]
+                [c for c in capabilities.codecs if c.mimeType.lower() in wanted]
             )
             sender, receiver = transceiver.sender, transceiver.receiver
             sender._ssrc = stream.ssrc
