@@ -45,7 +45,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.OWNER: ALL_PERMISSIONS,
     Role.ADMIN: ALL_PERMISSIONS,
     Role.SUPERVISOR: _CONTACT_CENTER | {"tenant:read", "users:read", "numbers:read"},
-    Role.AGENT: frozenset({"tenant:read", "contacts:read"}),
+    # The tenant's numbers: the caller IDs an agent may dial out with.
+    Role.AGENT: frozenset({"tenant:read", "contacts:read", "numbers:read"}),
     Role.FINANCE: frozenset(
         {"tenant:read", "users:read", "audit:read", "numbers:read", "seats:read"}
     ),

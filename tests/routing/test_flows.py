@@ -9,7 +9,7 @@ from uuid import UUID
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routing.flows import (
@@ -601,7 +601,7 @@ def _independently_acceptable(raw: dict[str, Any]) -> bool:
     return True
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(_graphs)
 def test_random_graphs_never_crash_and_are_accepted_exactly_when_sound(raw: dict[str, Any]) -> None:
     doc = decode_flow(raw)
@@ -679,7 +679,7 @@ def _points_into(raw: Any, field: str) -> bool:
     return True
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {
