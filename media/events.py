@@ -170,6 +170,8 @@ class CallTransferred(_CallEvent, frozen=True, kw_only=True, tag="call.transferr
     outcome: str
     to_kind: Literal["number", "queue", "agent"] = "number"
     agent_id: UUID | None = None
+    attended: bool = False
+    """The agent talked to `to` first (see call.consult); `outcome` is then "connected"."""
 
 
 class CallDialed(_CallEvent, frozen=True, kw_only=True, tag="call.dialed"):
@@ -179,6 +181,20 @@ class CallDialed(_CallEvent, frozen=True, kw_only=True, tag="call.dialed"):
     _verb = "dialed"
     agent_id: UUID
     to_number: str
+
+
+class CallConsulted(_CallEvent, frozen=True, kw_only=True, tag="call.consult"):
+    """An attended transfer in progress: the agent `agent_id`, with the caller on hold, rings
+    `to` (an agent id or a number, by `to_kind`) to talk first. `state` "ringing", then
+    "connected" when they answer, then "completed" (the call is theirs now; a call.transferred
+    follows) or "ended" (no answer, hung up or cancelled: the caller stays with the agent)."""
+
+    _verb = "consult"
+    agent_id: UUID
+    to_kind: Literal["number", "agent"]
+    to: str
+    state: Literal["ringing", "connected", "completed", "ended"]
+    reason: str | None = None
 
 
 class CallMonitored(_CallEvent, frozen=True, kw_only=True, tag="call.monitored"):
@@ -212,5 +228,6 @@ codec = EventCodec(
         CallTransferred,
         CallMonitored,
         CallDialed,
+        CallConsulted,
     )
 )

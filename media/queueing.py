@@ -830,12 +830,7 @@ class Queues:
             except ValueError as exc:
                 raise CommandRefused("invalid_target", f"{to!r} is not an id") from exc
         _check(call)
-        leg.handed_on = True
-        if call.bridge is not None:
-            call.bridge.stop()
-            call.bridge = None
-        if call.recorder is not None:
-            call.recorder.detach(leg.stream)
+        self._let_go(call, leg)
         call.agent_id = None
         queued.agent = None
         self._emit(
@@ -866,6 +861,60 @@ class Queues:
             self._spawn(
                 self._dial_transfer(call, queued, to, ring_seconds), name=f"hand-on-{call.id}"
             )
+
+    def take_over(self, call: Call, leg: AgentLeg) -> None:
+        """An attended transfer to another agent completes: their answered `leg` replaces the
+        call's agent (whose leg is left to end without hanging up the caller), and talks to the
+        caller until either hangs up."""
+        queued = call.queued
+        assert queued is not None
+        assert queued.agent is not None
+        self._let_go(call, queued.agent)
+        if call.recorder is not None:
+            call.recorder.attach(leg.stream)
+        self.legs.add(leg)
+        queued.agent = leg
+        call.agent_id = leg.agent_id
+        self.silence(call)
+        bridge = Bridge(call.stream, leg.stream)
+        bridge.start()
+        call.bridge = bridge
+        if leg.offer is None and self._node.agent_lines is not None:
+            self._node.agent_lines.bridged(leg.tenant_id, leg.agent_id, call, bridge)
+        self._spawn(self._talk_then_release(call, leg, bridge), name=f"take-over-{call.id}")
+
+    def join_number(self, call: Call, target: Call) -> None:
+        """An attended transfer to a number completes: the caller talks to the answered
+        `target` until either hangs up; the agent's leg is left to end."""
+        queued = call.queued
+        assert queued is not None
+        assert queued.agent is not None
+        self._let_go(call, queued.agent)
+        queued.agent = None
+        call.queued = None
+        call.agent_id = None
+        if call.recorder is not None:
+            call.recorder.attach(target.stream)
+        self.silence(call)
+        bridge = Bridge(call.stream, target.stream)
+        bridge.start()
+        call.bridge = target.bridge = bridge
+        self._spawn(self._join(call, target, bridge), name=f"consult-join-{call.id}")
+
+    def _let_go(self, call: Call, leg: AgentLeg) -> None:
+        leg.handed_on = True
+        if call.bridge is not None:
+            call.bridge.stop()
+            call.bridge = None
+        if call.recorder is not None:
+            call.recorder.detach(leg.stream)
+
+    async def _talk_then_release(self, call: Call, leg: AgentLeg, bridge: Bridge) -> None:
+        try:
+            await self._talk(call, leg, bridge)
+        finally:
+            if leg in self.legs:
+                await self._release(leg)
 
     async def _dial_transfer(
         self, call: Call, queued: QueuedCall, number: str, ring_seconds: float

@@ -69,6 +69,7 @@ CALL_VERBS = frozenset(
         "callback_failed",
         "transferred",
         "dialed",
+        "consult",
     }
 )
 CATALOG_RESOURCES = frozenset({"queue", "skill", "seat", "agent", "user"})
@@ -366,9 +367,23 @@ class Router:
                 decisions = acd.offer_failed(event.call_id, event.agent_id, event.reason, now)
             case "call.ended":
                 decisions = acd.call_ended(event.call_id, now, event.agent_id)
+            case "call.consult":
+                decisions = []
+                if event.to_kind == "agent":
+                    target = UUID(event.to)
+                    if event.state == "ringing":
+                        decisions = acd.consult_started(event.call_id, target, now)
+                    elif event.state == "ended":
+                        decisions = acd.consult_ended(event.call_id, target, now)
+                    elif event.state == "completed":
+                        decisions = acd.consult_completed(
+                            event.call_id, event.agent_id, target, now
+                        )
+                elif event.state == "completed":
+                    decisions = acd.transferred(event.call_id, event.agent_id, now)
             case "call.transferred":
                 decisions = []
-                if event.agent_id is not None:
+                if event.agent_id is not None and not event.attended:
                     to_agent = UUID(event.to) if event.to_kind == "agent" else None
                     decisions = acd.transferred(event.call_id, event.agent_id, now, to_agent)
             case "call.dialed":

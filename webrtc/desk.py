@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +30,8 @@ import msgspec
 from media import events as ev
 from media.bridge import Bridge, Mixer, MixMode
 from media.node import Call, CommandRefused, MediaNode, Originate, _Command, _encode
-from media.queueing import RingInfo, TransferKind, _first_set
+from media.policy import E164_RE
+from media.queueing import AgentLeg, RingInfo, TransferKind, _first_set
 from media.sip.call import CallEnd, CallEnded
 from media.stream import RtpStream
 from webrtc.leg import AgentPeer, IceServer, NegotiationFailed, WebRtcStream
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 DIAL_RING_SECONDS = 45.0
+CONSULT_RING_SECONDS = 30.0
+"""How long an agent or number consulted for an attended transfer may ring."""
 """How long a number the agent dials may ring."""
 
 CONNECT_SUBJECT = "media.agents.connect"
@@ -109,6 +113,11 @@ class TransferCommand(CallCommand, kw_only=True):
     to: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
+class ConsultCommand(CallCommand, kw_only=True):
+    to_kind: Literal["agent", "number"]
+    to: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -129,6 +138,8 @@ class DeskLine:
         self.bridge: Bridge | None = None
         self.held = False
         self.muted = False
+        self.consult: Consult | None = None
+        """An attended transfer this agent has under way."""
 
     @property
     def call_id(self) -> UUID:
@@ -188,6 +199,24 @@ class AgentSession:
         answered = line.answered.done() and line.answered.exception() is None
         state = "ended" if answered or line.direction == "outbound" else "offer_withdrawn"
         self.notify(line.notice(state, end.reason or end.cause))
+
+
+@dataclass(eq=False)
+class Consult:
+    """An attended transfer: the caller on hold while the agent talks to `to` first."""
+
+    line: DeskLine
+    call: Call
+    to_kind: str
+    to: str
+    target_line: DeskLine | None = None
+    """The consulted agent's line (to an agent)."""
+    target_call: Call | None = None
+    """The call to the consulted number."""
+    bridge: Bridge | None = None
+    """The agent and the one consulted, once they answered."""
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass(eq=False)
@@ -390,6 +419,12 @@ class AgentDesk:
 
     def hangup(self, tenant_id: UUID, agent_id: UUID, call_id: UUID) -> None:
         line = self._line(tenant_id, agent_id, call_id)
+        consult = line.consult
+        if consult is not None:
+            if consult.bridge is not None and not consult.call.is_over:
+                self._complete(line)  # hanging up while consulting hands the call over
+                return
+            self._finish_consult(consult, "cancelled")
         if not line.answered.done():
             line.end(CallEnd(cause="rejected", sip_status=603, reason="rejected"))
             return
@@ -500,6 +535,232 @@ class AgentDesk:
             mixer.add(
                 supervisor, "listen" if monitor.mode == "whisper" else _MIX_MODES[monitor.mode]
             )
+
+    # --- attended transfers ------------------------------------------------------------------
+
+    async def consult(
+        self, tenant_id: UUID, agent_id: UUID, call_id: UUID, to_kind: str, to: str
+    ) -> None:
+        """Put the caller on hold and ring `to` (an agent of this node, or a number with the
+        tenant's number the caller called as caller ID) for the agent to talk to first; then
+        `complete_consult` hands the call over, `cancel_consult` returns to the caller."""
+        line = self._talking(tenant_id, agent_id, call_id)
+        call = line.call
+        assert call is not None
+        queued = call.queued
+        if queued is None or queued.agent is None or queued.agent.agent_id != agent_id:
+            raise CommandRefused("not_supported", "only a call from a queue can be transferred")
+        if line.consult is not None:
+            raise CommandRefused("consulting", "a consultation is under way already")
+        target_agent: UUID | None = None
+        if to_kind == "agent":
+            try:
+                target_agent = UUID(to)
+            except ValueError as exc:
+                raise CommandRefused("invalid_target", f"{to!r} is not an id") from exc
+            if target_agent == agent_id:
+                raise CommandRefused("invalid_target", "pick another agent")
+            target = self.sessions.get((tenant_id, target_agent))
+            if (
+                target is None
+                or not target.stream.connected
+                or target.line is not None
+                or target.monitor is not None
+            ):
+                raise CommandRefused("agent_unavailable", "that agent cannot take a call now")
+        elif not E164_RE.match(to):
+            raise CommandRefused("invalid_target", "a number is in E.164 form")
+        monitor = self.monitors.get(call_id)
+        if monitor is not None:
+            self._end_monitor(monitor, "transferred")
+        if not line.held:
+            self.hold(tenant_id, agent_id, call_id, True)
+        consult = Consult(line, call, to_kind, to)
+        line.consult = consult
+        try:
+            if target_agent is not None:
+                info = RingInfo(
+                    call_id=call.id,
+                    queue_id=queued.queue_id,
+                    from_number=call.from_number,
+                    to_number=call.to_number,
+                    waited_seconds=0.0,
+                    timeout_seconds=CONSULT_RING_SECONDS,
+                    context={**queued.context, "consult_from": str(agent_id)},
+                )
+                consult.target_line, _stream = self.ring(tenant_id, target_agent, info)
+            else:
+                consult.target_call = await self.node.originate(
+                    Originate(
+                        tenant_id=tenant_id,
+                        to=to,
+                        caller_id=call.to_number,
+                        max_concurrent_calls=call.max_concurrent_calls or sys.maxsize,
+                    )
+                )
+        except BaseException:
+            line.consult = None
+            raise
+        self._consult_changed(consult, "ringing")
+        consult.task = asyncio.get_running_loop().create_task(
+            self._follow_consult(consult), name=f"consult-{call.id}"
+        )
+        line.session.tasks.add(consult.task)
+        consult.task.add_done_callback(line.session.tasks.discard)
+
+    async def _follow_consult(self, consult: Consult) -> None:
+        line, call = consult.line, consult.call
+        gone = asyncio.Event()  # the caller or the consulting agent left
+        line.ended.add_done_callback(lambda _f: gone.set())
+        call_over = asyncio.ensure_future(call.over.wait())
+        call_over.add_done_callback(lambda _f: gone.set())
+        try:
+            answered = await self._consult_answered(consult, gone)
+            if not answered:
+                self._finish_consult(consult, "no_answer" if not gone.is_set() else "caller_gone")
+                return
+            bridge = Bridge(line.session.stream, self._consult_stream(consult))
+            bridge.start()
+            consult.bridge = bridge
+            if consult.target_line is not None:
+                self._state(consult.target_line, "connected")
+            self._consult_changed(consult, "connected")
+            target_gone = asyncio.Event()
+            if consult.target_line is not None:
+                consult.target_line.ended.add_done_callback(lambda _f: target_gone.set())
+            elif consult.target_call is not None:
+                target_gone = consult.target_call.over
+            await _first_set(consult.finished, gone, target_gone)
+            if consult.finished.is_set():
+                return
+            if call.is_over:
+                self._finish_consult(consult, "caller_gone")
+            else:
+                self._finish_consult(consult, "agent_gone" if line.ended.done() else "hung_up")
+        finally:
+            call_over.cancel()
+
+    async def _consult_answered(self, consult: Consult, gone: asyncio.Event) -> bool:
+        if consult.target_call is not None:
+            outcome = await self.node.queues._answered_within(
+                consult.target_call, CONSULT_RING_SECONDS, gone, gone_reason="cancelled"
+            )
+            return outcome == "answered" and not consult.finished.is_set()
+        target = consult.target_line
+        assert target is not None
+        waiters = [
+            asyncio.ensure_future(asyncio.shield(target.answered)),
+            asyncio.ensure_future(gone.wait()),
+            asyncio.ensure_future(consult.finished.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=CONSULT_RING_SECONDS, return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        answered = target.answered.done() and target.answered.exception() is None
+        return answered and not gone.is_set() and not consult.finished.is_set()
+
+    def _consult_stream(self, consult: Consult) -> RtpStream:
+        if consult.target_line is not None:
+            return consult.target_line.session.stream
+        assert consult.target_call is not None
+        return consult.target_call.stream
+
+    def complete_consult(self, tenant_id: UUID, agent_id: UUID, call_id: UUID) -> None:
+        """Hand the call to the one consulted: they talk to the caller, the agent's line ends."""
+        self._complete(self._line(tenant_id, agent_id, call_id))
+
+    def _complete(self, line: DeskLine) -> None:
+        consult = line.consult
+        if consult is None or consult.bridge is None:
+            raise CommandRefused("not_connected", "nobody has answered the consultation yet")
+        call = consult.call
+        tenant_id, agent_id = call.tenant_id, line.session.agent_id
+        if call.is_over:
+            raise CommandRefused("call_not_found", "the caller has hung up")
+        consult.bridge.stop()
+        line.consult = None
+        consult.finished.set()
+        queues = self.node.queues
+        if consult.target_line is not None:
+            target = consult.target_line
+            session = target.session
+            leg = AgentLeg(session.agent_id, tenant_id, call.id, target, session.stream, None)
+            queues.take_over(call, leg)
+        else:
+            assert consult.target_call is not None
+            queues.join_number(call, consult.target_call)
+        self._consult_changed(consult, "completed")
+        self.node._emit(
+            ev.CallTransferred(
+                tenant_id=tenant_id,
+                call_id=call.id,
+                node_id=self.node.config.node_id,
+                to=consult.to,
+                to_kind=consult.to_kind,  # type: ignore[arg-type]
+                agent_id=agent_id,
+                attended=True,
+                outcome="connected",
+            )
+        )
+        line.end(CallEnd(cause="local_hangup", reason="transferred"))
+
+    def cancel_consult(self, tenant_id: UUID, agent_id: UUID, call_id: UUID) -> None:
+        """Give up the consultation and go back to the caller."""
+        line = self._line(tenant_id, agent_id, call_id)
+        consult = line.consult
+        if consult is None:
+            raise CommandRefused("not_consulting", "no consultation is under way")
+        self._finish_consult(consult, "cancelled")
+        if line.held and line.call is not None and not line.call.is_over:
+            self.hold(tenant_id, agent_id, call_id, False)
+
+    def _finish_consult(self, consult: Consult, reason: str) -> None:
+        """The consultation ends without a hand-over; the caller stays on hold with the agent."""
+        if consult.finished.is_set():
+            return
+        consult.finished.set()
+        if consult.line.consult is consult:
+            consult.line.consult = None
+        if consult.bridge is not None:
+            consult.bridge.stop()
+        if consult.target_line is not None:
+            consult.target_line.end(CallEnd(cause="local_hangup", reason="consult_ended"))
+        if consult.target_call is not None and not consult.target_call.is_over:
+            task = asyncio.get_running_loop().create_task(
+                self.node.hangup(consult.target_call, "consult_ended")
+            )
+            consult.line.session.tasks.add(task)
+            task.add_done_callback(consult.line.session.tasks.discard)
+        self._consult_changed(consult, "ended", reason)
+
+    def _consult_changed(self, consult: Consult, state: str, reason: str | None = None) -> None:
+        call = consult.call
+        agent_id = consult.line.session.agent_id
+        self.node._emit(
+            ev.CallConsulted(
+                tenant_id=call.tenant_id,
+                call_id=call.id,
+                node_id=self.node.config.node_id,
+                agent_id=agent_id,
+                to_kind=consult.to_kind,  # type: ignore[arg-type]
+                to=consult.to,
+                state=state,  # type: ignore[arg-type]
+                reason=reason,
+            )
+        )
+        message: dict[str, Any] = {
+            "type": "consult",
+            "call_id": str(call.id),
+            "to_kind": consult.to_kind,
+            "to": consult.to,
+            "state": state,
+            "at": _now(),
+        }
+        if reason is not None:
+            message["reason"] = reason
+        consult.line.session.notify(message)
 
     # --- click-to-dial -------------------------------------------------------------------------
 
@@ -769,6 +1030,17 @@ class AgentDesk:
         if verb == "dial":
             dial = msgspec.json.decode(payload, type=DialCommand)
             return await self.dial(dial.tenant_id, dial.agent_id, dial.number, dial.caller_id)
+        if verb == "consult":
+            consult = msgspec.json.decode(payload, type=ConsultCommand)
+            await self.consult(
+                consult.tenant_id, consult.agent_id, consult.call_id, consult.to_kind, consult.to
+            )
+            return {}
+        if verb in ("consult_complete", "consult_cancel"):
+            command = msgspec.json.decode(payload, type=CallCommand)
+            finish = self.complete_consult if verb == "consult_complete" else self.cancel_consult
+            finish(command.tenant_id, command.agent_id, command.call_id)
+            return {}
         if verb == "transfer":
             transfer = msgspec.json.decode(payload, type=TransferCommand)
             await self.transfer(

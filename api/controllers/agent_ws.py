@@ -108,6 +108,14 @@ class Transfer(_OnCall, tag="transfer"):
     attended: bool = False
 
 
+class TransferComplete(_OnCall, tag="transfer_complete"):
+    """Hand the call to the one consulted (an attended transfer)."""
+
+
+class TransferCancel(_OnCall, tag="transfer_cancel"):
+    """End the consultation and go back to the caller."""
+
+
 class Monitor(_OnCall, tag="monitor"):
     mode: Literal["listen", "whisper", "barge"]
 
@@ -142,6 +150,8 @@ ClientMessage = (
     | Mute
     | Dtmf
     | Transfer
+    | TransferComplete
+    | TransferCancel
     | Monitor
     | StopMonitor
     | Dial
@@ -155,6 +165,8 @@ _CALL_VERBS: dict[type[_OnCall], str] = {
     Hangup: "hangup",
     Hold: "hold",
     Resume: "resume",
+    TransferComplete: "consult_complete",
+    TransferCancel: "consult_cancel",
 }
 
 
@@ -330,8 +342,10 @@ class AgentSocket:
     async def transfer(self, message: Transfer) -> None:
         """Checked here so the agent hears at once what is wrong with the target; the node
         checks again that the call is still theirs."""
-        if message.attended:
-            raise SocketError("not_supported", "Attended transfers are not available yet.")
+        if message.attended and message.to_kind == "queue":
+            raise SocketError(
+                "not_supported", "An attended transfer goes to a person: an agent or a number."
+            )
         target = message.to
         if message.to_kind == "number":
             if not E164_RE.match(target):
@@ -353,7 +367,7 @@ class AgentSocket:
                 if state in ("offline", "away"):
                     raise SocketError("agent_unavailable", "That agent is not taking calls now.")
         await self.node(
-            "transfer",
+            "consult" if message.attended else "transfer",
             {"call_id": str(message.call_id), "to_kind": message.to_kind, "to": target},
         )
 

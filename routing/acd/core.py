@@ -387,6 +387,51 @@ class Acd(Book):
             self._serve_waiting_call(call, now, out)
         return out
 
+    def consult_started(self, call_id: UUID, agent_id: UUID, now: float) -> list[Decision]:
+        """The agent talking on the call is ringing `agent_id` to consult before handing the
+        call over (an attended transfer): that agent is busy (on_call with this call) from now
+        on, as if they had dialed a call of their own."""
+        return self.dialing(call_id, agent_id, now)
+
+    def consult_ended(self, call_id: UUID, agent_id: UUID, now: float) -> list[Decision]:
+        """The consulted agent is off the consultation without taking the call: free again (the
+        call stays with the agent who consulted them)."""
+        self._advance(now)
+        agent = self._agents.get(agent_id)
+        out: list[Decision] = []
+        call = self._calls.get(call_id)
+        if agent is None or agent.state != "on_call" or agent.call_id != call_id:
+            return out
+        if call is not None and call.agent_id == agent_id:
+            return out  # they took it over already
+        agent.talk_started = None
+        self._become_free(agent, now, out, idle_again=False)
+        return out
+
+    def consult_completed(
+        self, call_id: UUID, agent_id: UUID, to_agent_id: UUID, now: float
+    ) -> list[Decision]:
+        """The attended transfer is done: the consulted agent has the call, the one who
+        consulted goes to wrap-up."""
+        self._advance(now)
+        call = self._calls.get(call_id)
+        out: list[Decision] = []
+        target = self._agents.get(to_agent_id)
+        if call is None or call.state != "connected" or call.agent_id != agent_id:
+            return out
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.state == "on_call" and agent.call_id == call_id:
+            self._start_wrap_up(agent, call.wrap_up_seconds, now, out)
+        call.agent_id = to_agent_id
+        call.handed_on = True
+        if target is not None:
+            target.call_id = call_id
+            target.work_queue_id = call.queue_id
+            if target.state != "on_call":
+                target.talk_started = now
+                self._set_state(target, "on_call", None, now, out)
+        return out
+
     def dialing(self, call_id: UUID, agent_id: UUID, now: float) -> list[Decision]:
         """The agent placed an outbound call of their own: busy (on_call) until it ends. An
         agent who was away returns to away afterwards; one in wrap-up ends it now. An agent

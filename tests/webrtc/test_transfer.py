@@ -193,3 +193,108 @@ async def test_bad_transfer_targets_are_refused_and_the_call_goes_on(two_floor: 
     finally:
         await first.close()
     caller.task.cancel()
+
+
+async def test_an_attended_transfer_lets_the_agents_talk_first_then_hands_the_call_over(
+    two_floor: Floor,
+) -> None:
+    floor = two_floor
+    first = await _available(floor, floor.agents[0], AGENT_TONE)
+    second = await _available(floor, floor.agents[1], SECOND_TONE)
+    try:
+        caller, call_id = await _talking(floor, first)
+        start = len(first.messages)
+        await first.send(
+            {
+                "type": "transfer",
+                "call_id": call_id,
+                "to_kind": "agent",
+                "to": floor.agents[1].id,
+                "attended": True,
+            }
+        )
+        await first.expect("consult", lambda m: m["state"] == "ringing", after=start)
+        offered = await second.expect("offered")
+        assert offered["call_id"] == call_id
+        assert offered["context"]["consult_from"] == floor.agents[0].id
+        await second.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
+        await first.expect("consult", lambda m: m["state"] == "connected", after=start)
+        await asyncio.sleep(1.0)
+        # The agents hear each other; the caller, on hold, hears neither.
+        assert tone_power(first.last_heard(0.8), first.heard_rate, SECOND_TONE) > 0.5
+        assert tone_power(second.last_heard(0.8), second.heard_rate, AGENT_TONE) > 0.5
+        assert await caller.hears(AGENT_TONE) < 0.1
+        assert await caller.hears(SECOND_TONE) < 0.1
+        busy = [e["state"] for e in floor.timeline.of("agent.state")]
+        assert "on_call" in busy
+
+        await first.ask({"type": "transfer_complete", "call_id": call_id}, "call", state="ended")
+        await asyncio.sleep(1.0)
+        assert await caller.hears(SECOND_TONE) > 0.5
+        assert tone_power(second.last_heard(0.8), second.heard_rate, CALLER_TONE) > 0.5
+        await first.expect("presence", lambda m: m["state"] == "wrap_up", after=start)
+
+        await second.ask({"type": "hangup", "call_id": call_id}, "call", state="ended")
+        assert (await caller.result()).ok
+        consults = [e["state"] for e in floor.timeline.of("call.consult")]
+        assert consults == ["ringing", "connected", "completed"]
+        (transferred,) = floor.timeline.of("call.transferred")
+        assert (transferred["attended"], transferred["outcome"]) == (True, "connected")
+        (ended,) = await floor.timeline.wait("call.ended")
+        assert ended["agent_id"] == floor.agents[1].id
+        await second.expect("presence", lambda m: m["state"] == "wrap_up")
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_cancelled_consultation_returns_the_agent_to_the_caller(two_floor: Floor) -> None:
+    floor = two_floor
+    first = await _available(floor, floor.agents[0], AGENT_TONE)
+    second = await _available(floor, floor.agents[1], SECOND_TONE)
+    try:
+        caller, call_id = await _talking(floor, first)
+        start = len(first.messages)
+        await first.send(
+            {
+                "type": "transfer",
+                "call_id": call_id,
+                "to_kind": "agent",
+                "to": floor.agents[1].id,
+                "attended": True,
+            }
+        )
+        await second.expect("offered")
+        await second.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
+        await first.expect("consult", lambda m: m["state"] == "connected", after=start)
+        second_start = len(second.messages)
+        await first.ask({"type": "transfer_cancel", "call_id": call_id}, "call", state="connected")
+        ended = await second.expect("call", lambda m: m["state"] == "ended", after=second_start)
+        assert ended["cause"] == "consult_ended"
+        await asyncio.sleep(1.0)
+        assert await caller.hears(AGENT_TONE) > 0.5
+        assert tone_power(first.last_heard(0.8), first.heard_rate, CALLER_TONE) > 0.5
+        # The consulted agent is free again, with no wrap-up.
+        await second.expect("presence", lambda m: m["state"] == "available", after=second_start)
+        # A consultation goes to a person, not a queue.
+        start = len(first.messages)
+        await first.send(
+            {
+                "type": "transfer",
+                "call_id": call_id,
+                "to_kind": "queue",
+                "to": floor.queue["id"],
+                "attended": True,
+            }
+        )
+        assert (await first.expect("error", after=start))["code"] == "not_supported"
+        await first.ask({"type": "hangup", "call_id": call_id}, "call", state="ended")
+        assert (await caller.result()).ok
+        consults = [(e["state"], e["reason"]) for e in floor.timeline.of("call.consult")]
+        assert consults == [("ringing", None), ("connected", None), ("ended", "cancelled")]
+        (ended_call,) = await floor.timeline.wait("call.ended")
+        assert ended_call["agent_id"] == floor.agents[0].id
+        assert not floor.timeline.of("call.transferred")
+    finally:
+        await first.close()
+        await second.close()

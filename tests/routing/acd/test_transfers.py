@@ -82,3 +82,21 @@ def test_a_transfer_by_someone_not_on_the_call_changes_nothing() -> None:
     assert desk.acd.transferred(cid("nope"), aid("ann"), desk.now) == []
     assert desk.acd.agent(aid("ann")).call_id == cid("c1")
     assert desk.state(aid("ann")) == "on_call"
+
+
+def test_a_consulted_agent_is_busy_then_free_again_or_takes_the_call() -> None:
+    desk = Desk()
+    _talking(desk)
+    bob = desk.agent("bob", {"main": 5})
+    assert changes(desk.acd.consult_started(cid("c1"), bob, desk.now), bob) == [("on_call", None)]
+    assert changes(desk.acd.consult_ended(cid("c1"), bob, desk.now), bob) == [("available", None)]
+    assert desk.state(aid("ann")) == "on_call"
+
+    desk.acd.consult_started(cid("c1"), bob, desk.now)
+    desk.at(50)
+    done = desk.acd.consult_completed(cid("c1"), aid("ann"), bob, desk.now)
+    assert changes(done, aid("ann")) == [("wrap_up", None)]
+    assert desk.acd.agent(bob).call_id == cid("c1")
+    assert changes(desk.acd.call_ended(cid("c1"), desk.now, bob), bob) == [("wrap_up", None)]
+    stats = desk.acd.queue_stats(qid("main"), desk.now)
+    assert (stats.answered, stats.abandoned) == (1, 0)
