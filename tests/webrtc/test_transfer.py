@@ -195,6 +195,28 @@ async def test_bad_transfer_targets_are_refused_and_the_call_goes_on(two_floor: 
     caller.task.cancel()
 
 
+async def _consult(floor: Floor, first: PySoftphone, second: PySoftphone, call_id: str) -> int:
+    """The first agent consults the second, who answers; returns where the first agent's
+    messages stood before."""
+    start = len(first.messages)
+    await first.send(
+        {
+            "type": "transfer",
+            "call_id": call_id,
+            "to_kind": "agent",
+            "to": floor.agents[1].id,
+            "attended": True,
+        }
+    )
+    await first.expect("consult", lambda m: m["state"] == "ringing", after=start)
+    offered = await second.expect("offered")
+    assert offered["call_id"] == call_id
+    assert offered["context"]["consult_from"] == floor.agents[0].id
+    await second.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
+    await first.expect("consult", lambda m: m["state"] == "connected", after=start)
+    return start
+
+
 async def test_an_attended_transfer_lets_the_agents_talk_first_then_hands_the_call_over(
     two_floor: Floor,
 ) -> None:
@@ -203,22 +225,7 @@ async def test_an_attended_transfer_lets_the_agents_talk_first_then_hands_the_ca
     second = await _available(floor, floor.agents[1], SECOND_TONE)
     try:
         caller, call_id = await _talking(floor, first)
-        start = len(first.messages)
-        await first.send(
-            {
-                "type": "transfer",
-                "call_id": call_id,
-                "to_kind": "agent",
-                "to": floor.agents[1].id,
-                "attended": True,
-            }
-        )
-        await first.expect("consult", lambda m: m["state"] == "ringing", after=start)
-        offered = await second.expect("offered")
-        assert offered["call_id"] == call_id
-        assert offered["context"]["consult_from"] == floor.agents[0].id
-        await second.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
-        await first.expect("consult", lambda m: m["state"] == "connected", after=start)
+        start = await _consult(floor, first, second, call_id)
         await asyncio.sleep(1.0)
         # The agents hear each other; the caller, on hold, hears neither.
         assert tone_power(first.last_heard(0.8), first.heard_rate, SECOND_TONE) > 0.5
@@ -254,19 +261,7 @@ async def test_a_cancelled_consultation_returns_the_agent_to_the_caller(two_floo
     second = await _available(floor, floor.agents[1], SECOND_TONE)
     try:
         caller, call_id = await _talking(floor, first)
-        start = len(first.messages)
-        await first.send(
-            {
-                "type": "transfer",
-                "call_id": call_id,
-                "to_kind": "agent",
-                "to": floor.agents[1].id,
-                "attended": True,
-            }
-        )
-        await second.expect("offered")
-        await second.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
-        await first.expect("consult", lambda m: m["state"] == "connected", after=start)
+        await _consult(floor, first, second, call_id)
         second_start = len(second.messages)
         await first.ask({"type": "transfer_cancel", "call_id": call_id}, "call", state="connected")
         ended = await second.expect("call", lambda m: m["state"] == "ended", after=second_start)
