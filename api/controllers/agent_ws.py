@@ -34,6 +34,7 @@ from media.policy import E164_RE
 from routing.client import RouterClient, RouterRefused, RouterUnavailable
 from tenancy.errors import Unauthenticated
 from tenancy.models import Subject
+from tenancy.wrapups import record_wrap_up
 from webrtc.desk import CONNECT_SUBJECT, agent_command_subject, agent_notice_subject
 from webrtc.ice import ice_servers_for
 
@@ -322,6 +323,15 @@ class AgentSocket:
         elif isinstance(message, Dtmf):
             await self.node("dtmf", {"call_id": str(message.call_id), "digits": message.digits})
         elif isinstance(message, WrapUp):
+            if message.code is not None or message.notes.strip():
+                await record_wrap_up(
+                    self.deps.pool,
+                    self.tenant_id,
+                    message.call_id,
+                    self.agent_id,
+                    message.code,
+                    message.notes.strip(),
+                )
             raw = await self._router(self.router.end_wrap_up(self.tenant_id, self.agent_id))
             self.send(_presence_view(raw))
         elif isinstance(message, Transfer):

@@ -15,7 +15,9 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
+import asyncpg
 import pytest
 from playwright.async_api import Page
 
@@ -45,7 +47,7 @@ async def _until(predicate: object, timeout: float = 15.0) -> None:
 
 
 async def test_an_agent_in_chromium_takes_a_queued_call_with_two_way_audio(
-    floor: Floor, tmp_path: Path
+    floor: Floor, tmp_path: Path, admin_conn: asyncpg.Connection
 ) -> None:
     wav = tmp_path / "agent.wav"
     write_tone_wav(wav, AGENT_TONE, 2.0)
@@ -130,6 +132,17 @@ async def test_an_agent_in_chromium_takes_a_queued_call_with_two_way_audio(
         await page.fill("#wrapup-notes", "Caller asked about an invoice; passed to billing.")
         await page.click("#wrapup-submit")
         await _presence(floor, agent.id, "available", count=2)
+        # The wrap-up is kept, by call and agent, in the tenant's rows.
+        wrap_up = await admin_conn.fetchrow(
+            "select tenant_id::text, agent_id::text, notes from call_wrapups where call_id = $1",
+            UUID(ended["call_id"]),
+        )
+        assert wrap_up is not None
+        assert tuple(wrap_up) == (
+            floor.center.tenant_id,
+            agent.id,
+            "Caller asked about an invoice; passed to billing.",
+        )
         assert "ended" in (await page.inner_text("#call-list")).lower() or CALLER in (
             await page.inner_text("#call-list")
         )
