@@ -6,6 +6,7 @@ the agent signaling endpoint that speaks the protocol and answers the audio leg 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -18,9 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar, post, websocket
+from litestar import Litestar, Request, get, post, websocket
 from litestar.connection import WebSocket
-from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    WebSocketDisconnect,
+)
 
 from api.controllers.softphone import (
     CONTENT_SECURITY_POLICY,
@@ -63,6 +68,18 @@ SPEC_IDS = (
     "wrapup-submit",
     "call-list",
     "alert",
+    "dial-form",
+    "dial-number",
+    "dial-caller-id",
+    "dial-submit",
+    "dial-error",
+    "monitor-panel",
+    "monitor-call-id",
+    "monitor-mode",
+    "monitor-start",
+    "monitor-stop",
+    "monitor-status",
+    "supervisor-indicator",
 )
 MODULES = sorted(p.name for p in DIRECTORY.glob("*.js"))
 NODE = shutil.which("node")
@@ -343,6 +360,143 @@ def test_the_call_list_backoff_and_input_checks_behave(tmp_path: Path) -> None:
     assert pop["details"] == [["Company", "Acme"], ["Language", "fr"]]
 
 
+_DIAL_LOGIC = """
+import {
+  CallLog, DIAL_ERRORS, MONITOR_ERRORS, dialNumber, dialOutcome, isLive, monitorStatus,
+  supervisorNotice,
+} from "./calls.js";
+
+const at = (hms) => `2026-03-02T${hms}Z`;
+const out = { type: "call", direction: "outbound", from_number: "+14155550900" };
+const log = new CallLog();
+const seen = [];
+log.apply({ ...out, call_id: "o1", state: "dialing", to_number: "+14155550123",
+            at: at("09:00:00") });
+seen.push(log.describeAll().map((r) => [r.call_id, r.number, r.direction, r.outcome]));
+log.apply({ ...out, call_id: "o1", state: "connected", to_number: "+14155550123",
+            at: at("09:00:10") });
+log.apply({ ...out, call_id: "o1", state: "ended", cause: "customer_hangup",
+            to_number: "+14155550123", at: at("09:01:15") });
+log.apply({ ...out, call_id: "o2", state: "dialing", to_number: "+442079460958",
+            at: at("09:05:00") });
+log.apply({ ...out, call_id: "o2", state: "ended", cause: "busy", to_number: "+442079460958",
+            at: at("09:05:20") });
+
+const monitor = { call_id: "c", agent_id: "a1", from_number: "+14155550101" };
+console.log(JSON.stringify({
+  seen,
+  rows: log.describeAll().map((r) => [r.call_id, r.number, r.direction, r.outcome, r.duration,
+                                      r.cause]),
+  numbers: ["+1 (415) 555-0123", "+44 20 7946.0958", "4155550123", "+1415", "", "+0123456789",
+            "+1234567890123456", "+1415555"].map(dialNumber),
+  live: ["dialing", "ringing", "connected", "held", "ended", "offer_withdrawn"].map(isLive),
+  outcomes: ["no_answer", "busy", "failed", "cancelled", "agent_hangup", "rejected", null].map(
+    (c) => dialOutcome(c, "+14155550123")),
+  monitor: [
+    monitorStatus({ ...monitor, mode: "listen" }, "Bob Agent"),
+    monitorStatus({ ...monitor, mode: "whisper" }),
+    monitorStatus({ ...monitor, mode: "barge" }, "Bob Agent"),
+    ...["stopped", "call_ended", "transferred", "supervisor_unreachable", "odd_reason"].map(
+      (cause) => monitorStatus({ ...monitor, mode: "ended", cause })),
+  ],
+  supervisor: ["whisper", "barge", null, "listen"].map(supervisorNotice),
+  dialErrors: Object.keys(DIAL_ERRORS).sort(),
+  monitorErrors: Object.keys(MONITOR_ERRORS).sort(),
+}));
+"""
+
+
+@needs_node
+def test_dialing_checks_outbound_calls_and_supervising_texts_behave(tmp_path: Path) -> None:
+    folder = _module_copy(tmp_path)
+    (folder / "dial.js").write_text(_DIAL_LOGIC)
+    result = subprocess.run(
+        [str(NODE), str(folder / "dial.js")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["seen"] == [[["o1", "+14155550123", "outbound", "dialing"]]]
+    assert out["rows"] == [
+        ["o2", "+442079460958", "outbound", "not answered", None, "busy"],
+        ["o1", "+14155550123", "outbound", "answered", 65, "customer_hangup"],
+    ]
+    assert [n["number"] for n in out["numbers"]] == [
+        "+14155550123",
+        "+442079460958",
+        None,
+        None,
+        None,
+        None,
+        None,
+        "+1415555",
+    ]
+    assert [n["error"] is None for n in out["numbers"]] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert "international format" in out["numbers"][2]["error"]
+    assert out["live"] == [True, True, True, True, False, False]
+    assert out["outcomes"] == [
+        "No answer from +14155550123.",
+        "+14155550123 is busy. Try again later.",
+        "The call to +14155550123 could not be connected.",
+        None,
+        None,
+        "The call to +14155550123 ended: rejected.",
+        None,
+    ]
+    assert out["monitor"] == [
+        "Listening to +14155550101 (agent Bob Agent). Nobody hears you.",
+        "Whispering to the agent (a1). The caller does not hear you.",
+        "Barged in: +14155550101 and the agent (Bob Agent) both hear you.",
+        "Ended: you stopped supervising.",
+        "Ended: the call ended.",
+        "Ended: the call was transferred.",
+        "Ended: your audio line dropped.",
+        "Ended: odd reason.",
+    ]
+    assert out["supervisor"] == [
+        "A supervisor is coaching you (only you hear them)",
+        "A supervisor joined the call",
+        "",
+        "",
+    ]
+    # Every refusal the server names for these messages has its own plain words.
+    assert set(out["dialErrors"]) >= {
+        "busy",
+        "no_media",
+        "caller_id_not_owned",
+        "international_not_allowed",
+        "premium_not_allowed",
+        "invalid_destination",
+        "no_trunk",
+        "concurrent_call_limit",
+        "tenant_inactive",
+        "invalid_message",
+    }
+    assert set(out["monitorErrors"]) >= {
+        "forbidden",
+        "no_media",
+        "busy",
+        "already_monitoring",
+        "not_connected",
+        "own_call",
+        "monitored",
+        "call_not_found",
+        "not_monitoring",
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # The page in a browser, against a stand-in for /v1/agent/ws
 
@@ -351,6 +505,30 @@ EMAIL = "agent@acme.test"
 PASSWORD = "Corr3ct-Horse-9"
 AGENT_ID = "0190a000-0000-7000-8000-000000000a01"
 CALL_ID = "0190a000-0000-7000-8000-0000000000c1"
+OTHER_AGENT_ID = "0190a000-0000-7000-8000-000000000a02"
+SUPERVISOR_ID = "0190a000-0000-7000-8000-000000000a03"
+NUMBERS = [
+    {
+        "id": "0190a000-0000-7000-8000-0000000000e1",
+        "e164": "+14155550900",
+        "country": "US",
+        "capabilities": ["voice"],
+        "provider": "stand-in",
+        "flow_id": None,
+        "label": "Main line",
+        "purchased_at": "2026-01-05T09:00:00Z",
+    },
+    {
+        "id": "0190a000-0000-7000-8000-0000000000e2",
+        "e164": "+14155550901",
+        "country": "US",
+        "capabilities": ["voice"],
+        "provider": "stand-in",
+        "flow_id": None,
+        "label": "",
+        "purchased_at": "2026-01-05T09:00:00Z",
+    },
+]
 
 
 @dataclass
@@ -381,6 +559,8 @@ class StandIn:
     legs: list[Any]
     heard_microphone: asyncio.Event
     tokens: dict[str, Any]
+    api: dict[str, Any]
+    """The REST answers the page reads: "numbers" (None: refused) and the "requests" seen."""
     listeners: list[asyncio.Future[None]] = field(default_factory=list)
 
     async def next_line(self, timeout: float = 15) -> AgentLine:
@@ -444,15 +624,46 @@ def _presence(state: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _stand_in_app(lines: asyncio.Queue[AgentLine], tokens: dict[str, Any]) -> Litestar:
+def _stand_in_app(
+    lines: asyncio.Queue[AgentLine], tokens: dict[str, Any], api: dict[str, Any]
+) -> Litestar:
     def pair() -> dict[str, Any]:
         tokens["issued"] += 1
+        access = f"access-{tokens['issued']}"
+        if tokens.get("role"):
+            # JWT-shaped, so the page can read the role (it never trusts it: the server checks).
+            claims = json.dumps({"sub": AGENT_ID, "role": tokens["role"]}).encode()
+            access += "." + base64.urlsafe_b64encode(claims).rstrip(b"=").decode() + ".stand-in"
         return {
-            "access_token": f"access-{tokens['issued']}",
+            "access_token": access,
             "token_type": "Bearer",
             "expires_in": tokens["expires_in"],
             "refresh_token": f"refresh-{tokens['issued']}",
         }
+
+    def seen(request: Request[Any, Any, Any], name: str) -> None:
+        authorization = request.headers.get("authorization", "")
+        api["requests"].append((name, authorization, request.query_params.get("limit")))
+        if not authorization.startswith("Bearer access-"):
+            raise NotAuthorizedException("No bearer token")
+
+    @get("/v1/numbers")
+    async def numbers(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        seen(request, "numbers")
+        if api["numbers"] is None:
+            raise PermissionDeniedException("Not allowed")
+        return {"data": api["numbers"], "has_more": False}
+
+    @get("/v1/queues")
+    async def queues(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        seen(request, "queues")
+        return {"data": [{"id": "0190a000-0000-7000-8000-0000000000b1", "name": "Support"}]}
+
+    @get("/v1/users")
+    async def users(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        seen(request, "users")
+        bob = {"id": OTHER_AGENT_ID, "name": "Bob Agent", "email": "bob@acme.test"}
+        return {"data": [{**bob, "role": "agent", "status": "active"}], "has_more": False}
 
     @post("/v1/auth/login", status_code=200)
     async def login(data: dict[str, Any]) -> dict[str, Any]:
@@ -481,7 +692,9 @@ def _stand_in_app(lines: asyncio.Queue[AgentLine], tokens: dict[str, Any]) -> Li
         finally:
             line.closed.set()
 
-    return Litestar(route_handlers=[SoftphoneController, login, refresh, agent_ws])
+    return Litestar(
+        route_handlers=[SoftphoneController, login, refresh, agent_ws, numbers, queues, users]
+    )
 
 
 @pytest.fixture
@@ -492,11 +705,12 @@ async def stand_in(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIn]:
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     lines: asyncio.Queue[AgentLine] = asyncio.Queue()
-    tokens: dict[str, Any] = {"issued": 0, "refreshes": 0, "expires_in": 900}
+    tokens: dict[str, Any] = {"issued": 0, "refreshes": 0, "expires_in": 900, "role": None}
+    api: dict[str, Any] = {"numbers": NUMBERS, "requests": []}
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            _stand_in_app(lines, tokens),
+            _stand_in_app(lines, tokens, api),
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -509,7 +723,7 @@ async def stand_in(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIn]:
             break
         await asyncio.sleep(0.025)
     legs: list[Any] = []
-    stand_in = StandIn(f"http://127.0.0.1:{port}", lines, legs, asyncio.Event(), tokens)
+    stand_in = StandIn(f"http://127.0.0.1:{port}", lines, legs, asyncio.Event(), tokens, api)
     try:
         yield stand_in
     finally:
@@ -872,4 +1086,292 @@ async def test_the_access_token_is_renewed_before_it_expires(
     token = (await again.expect("auth"))["token"]
     assert token != "access-1"
     assert int(token.removeprefix("access-")) >= 3
+    assert page.problems == []
+
+
+async def _rows_by_call(page: Any) -> dict[str, list[str]]:
+    """The shift's call list: each row's cells after the time, by call id."""
+    rows: list[list[str]] = await page.eval_on_selector_all(
+        "#call-list tr",
+        "rows => rows.map(r => [r.dataset.callId,"
+        " ...[...r.cells].slice(1).map(c => c.textContent)])",
+    )
+    return {row[0]: row[1:] for row in rows}
+
+
+async def _texts(page: Any, selector: str) -> str:
+    return str(await page.text_content(selector) or "")
+
+
+async def test_an_agent_calls_out_and_is_told_when_a_supervisor_speaks(
+    browser: Any, stand_in: StandIn
+) -> None:
+    stand_in.tokens["role"] = "agent"
+    page = await _open(browser, stand_in)
+    line = await _sign_in(page, stand_in)
+    await line.send(_hello(_presence("offline")))
+
+    # The caller ID is picked from the tenant's numbers, read with the agent's token.
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#dial-caller-id option').length === 2"
+    )
+    options = await page.eval_on_selector_all(
+        "#dial-caller-id option", "os => os.map(o => [o.value, o.textContent])"
+    )
+    assert options == [
+        ["+14155550900", "+14155550900 - Main line"],
+        ["+14155550901", "+14155550901"],
+    ]
+    assert [(name, limit) for name, _, limit in stand_in.api["requests"]] == [("numbers", "100")]
+    assert stand_in.api["requests"][0][1].startswith("Bearer access-1.")
+    # Agents do not supervise: the panel is not there for them, nor are the directory lists.
+    assert await page.is_hidden("#monitor-panel")
+
+    # No audio line yet: no dialing, and the page says why.
+    assert await page.is_disabled("#dial-submit")
+    await _expect_text(page, "#dial-hint", "audio line is connected")
+    await _connect_leg(page, stand_in, line)
+    await page.wait_for_selector("#dial-submit:enabled")
+
+    # A number that is not E.164 is refused on the page; nothing is sent (the next message the
+    # stand-in reads is the good dial below).
+    await page.fill("#dial-number", "555-0199")
+    await page.click("#dial-submit")
+    await _expect_text(page, "#dial-error", "international format")
+    assert await page.evaluate("document.activeElement.id") == "dial-number"
+
+    # Refused by the server: a plain message by the form, not a second one at the top.
+    await page.fill("#dial-number", "+1 (415) 555-0123")
+    assert await _texts(page, "#dial-error") == ""
+    await page.select_option("#dial-caller-id", "+14155550901")
+    await page.click("#dial-submit")
+    dial = await line.expect("dial")
+    assert dial == {
+        "type": "dial",
+        "number": "+14155550123",
+        "caller_id": "+14155550901",
+        "ref": dial["ref"],
+    }
+    assert await page.is_disabled("#dial-submit")
+    await line.send(
+        {"type": "error", "code": "international_not_allowed", "message": "x", "ref": dial["ref"]}
+    )
+    await _expect_text(page, "#dial-error", "does not allow calls to other countries")
+    await page.wait_for_selector("#dial-submit:enabled")
+    assert await _texts(page, "#alert") == ""
+
+    # Placed, answered, hung up by the customer.
+    out_id = "0190a000-0000-7000-8000-0000000000d1"
+    await page.click("#dial-submit")
+    dial = await line.expect("dial")
+    await line.send({"type": "dialing", "call_id": out_id, "ref": dial["ref"]})
+    out = {
+        "type": "call",
+        "call_id": out_id,
+        "direction": "outbound",
+        "from_number": "+14155550901",
+        "to_number": "+14155550123",
+    }
+    await line.send({**out, "state": "dialing", "at": "2026-03-02T11:00:00Z"})
+    await page.wait_for_selector("#call-panel", state="visible")
+    await _expect_text(page, "#call-state", "dialing")
+    assert await _texts(page, "#call-number") == "+14155550123"
+    assert await _texts(page, "#call-direction") == "Outgoing call"
+    for control in ("#hold-btn", "#mute-btn", "#transfer-btn", '#keypad button[data-digit="5"]'):
+        assert await page.is_disabled(control), control
+    assert await page.is_enabled("#hangup-btn")
+    assert await page.is_disabled("#dial-submit")
+    await _expect_text(page, "#announcer", "Calling +14155550123")
+    assert (await _rows_by_call(page))[out_id] == ["+14155550123", "Out", "-", "Dialing"]
+
+    await line.send({**out, "state": "connected", "at": "2026-03-02T11:00:10Z"})
+    await page.wait_for_selector("#hold-btn:enabled")
+    await _expect_text(page, "#call-state", "connected")
+    assert await page.is_enabled("#transfer-btn")
+
+    # A supervisor whispers, then barges in, then goes quiet: shown and read out each time.
+    assert await page.is_hidden("#supervisor-indicator")
+    whisper = {
+        "type": "supervisor",
+        "call_id": out_id,
+        "mode": "whisper",
+        "supervisor_id": SUPERVISOR_ID,
+    }
+    await line.send(whisper)
+    await page.wait_for_selector("#supervisor-indicator", state="visible")
+    await _expect_text(
+        page, "#supervisor-indicator", "A supervisor is coaching you (only you hear them)"
+    )
+    await _expect_text(page, "#announcer", "A supervisor is coaching you")
+    await line.send({**whisper, "mode": "barge"})
+    await _expect_text(page, "#supervisor-indicator", "A supervisor joined the call")
+    await _expect_text(page, "#announcer", "A supervisor joined the call")
+    await line.send({**whisper, "mode": None, "supervisor_id": None})
+    await page.wait_for_selector("#supervisor-indicator", state="hidden")
+    await _expect_text(page, "#announcer", "no longer speaking")
+    # Coaching again when the call ends: the indicator goes with the call.
+    await line.send(whisper)
+    await page.wait_for_selector("#supervisor-indicator", state="visible")
+    await line.send(
+        {**out, "state": "ended", "cause": "customer_hangup", "at": "2026-03-02T11:01:15Z"}
+    )
+    await page.wait_for_selector("#call-panel", state="hidden")
+    assert await page.is_hidden("#supervisor-indicator")
+    assert (await _rows_by_call(page))[out_id] == [
+        "+14155550123",
+        "Out",
+        "1:05",
+        "Answered - Customer hangup",
+    ]
+    assert await _texts(page, "#dial-error") == ""
+
+    # Hung up while it rings (the node's notice first this time, then the reply).
+    cancelled_id = "0190a000-0000-7000-8000-0000000000d2"
+    await page.wait_for_selector("#dial-submit:enabled")
+    await page.fill("#dial-number", "+44 20 7946 0958")
+    await page.click("#dial-submit")
+    dial = await line.expect("dial")
+    assert (dial["number"], dial["caller_id"]) == ("+442079460958", "+14155550901")
+    cancelled = {**out, "call_id": cancelled_id, "to_number": "+442079460958"}
+    await line.send({**cancelled, "state": "dialing", "at": "2026-03-02T11:05:00Z"})
+    await line.send({"type": "dialing", "call_id": cancelled_id, "ref": dial["ref"]})
+    await page.wait_for_selector("#call-panel", state="visible")
+    await _expect_text(page, "#call-number", "+442079460958")
+    await page.click("#hangup-btn")
+    assert (await line.expect("hangup"))["call_id"] == cancelled_id
+    await line.send(
+        {**cancelled, "state": "ended", "cause": "cancelled", "at": "2026-03-02T11:05:04Z"}
+    )
+    await page.wait_for_selector("#call-panel", state="hidden")
+    assert (await _rows_by_call(page))[cancelled_id] == [
+        "+442079460958",
+        "Out",
+        "-",
+        "Not answered - Cancelled",
+    ]
+    assert await _texts(page, "#dial-error") == ""
+
+    # Nobody answers (only the reply before the end: the panel shows from the reply alone).
+    unanswered_id = "0190a000-0000-7000-8000-0000000000d3"
+    await page.wait_for_selector("#dial-submit:enabled")
+    await page.fill("#dial-number", "+14155550188")
+    await page.click("#dial-submit")
+    dial = await line.expect("dial")
+    await line.send({"type": "dialing", "call_id": unanswered_id, "ref": dial["ref"]})
+    await page.wait_for_selector("#call-panel", state="visible")
+    await _expect_text(page, "#call-state", "dialing")
+    unanswered = {**out, "call_id": unanswered_id, "to_number": "+14155550188"}
+    await line.send({**unanswered, "state": "ended", "cause": "no_answer"})
+    await page.wait_for_selector("#call-panel", state="hidden")
+    await _expect_text(page, "#dial-error", "No answer from +14155550188.")
+    rows = await _rows_by_call(page)
+    assert rows[unanswered_id] == ["+14155550188", "Out", "-", "Not answered - No answer"]
+    assert len(rows) == 3
+    assert page.problems == []
+
+
+async def test_a_supervisor_listens_whispers_barges_and_stops(
+    browser: Any, stand_in: StandIn
+) -> None:
+    stand_in.tokens["role"] = "supervisor"
+    stand_in.api["numbers"] = None  # the numbers cannot be read: the caller ID is typed
+    page = await _open(browser, stand_in)
+    line = await _sign_in(page, stand_in)
+    await line.send(_hello(_presence("offline")))
+    await page.wait_for_selector("#monitor-panel", state="visible")
+    await _expect_text(page, "#monitor-status", "Not supervising a call.")
+    await page.wait_for_selector("input#dial-caller-id")
+    await _expect_text(page, "#dial-caller-id-help", "could not be loaded")
+    # The label still names the control that took the list's place.
+    control = await page.eval_on_selector("label[for='dial-caller-id']", "l => l.control?.tagName")
+    assert control == "INPUT"
+    page.problems.clear()  # Chromium logs the refused request itself
+    await _connect_leg(page, stand_in, line)
+
+    # Not a call id: refused on the page.
+    await page.fill("#monitor-call-id", "the call from Grace")
+    await page.click("#monitor-start")
+    await _expect_text(page, "#monitor-error", "Paste the call's ID")
+
+    # Refused by the server (another supervisor is on it): said plainly, nothing started.
+    await page.fill("#monitor-call-id", f"  {CALL_ID.upper()} ")
+    assert await _texts(page, "#monitor-error") == ""
+    await page.click("#monitor-start")
+    start = await line.expect("monitor")
+    assert start == {"type": "monitor", "call_id": CALL_ID, "mode": "listen", "ref": start["ref"]}
+    await _expect_text(page, "#monitor-status", "Joining the call")
+    await line.send({"type": "error", "code": "monitored", "message": "x", "ref": start["ref"]})
+    await _expect_text(page, "#monitor-error", "Another supervisor is on that call already.")
+    await _expect_text(page, "#monitor-status", "Not supervising a call.")
+    assert await _texts(page, "#alert") == ""
+
+    # Listening.
+    await page.click("#monitor-start")
+    start = await line.expect("monitor")
+    assert (start["call_id"], start["mode"]) == (CALL_ID, "listen")
+    notice = {
+        "type": "monitor",
+        "call_id": CALL_ID,
+        "agent_id": OTHER_AGENT_ID,
+        "from_number": "+14155550101",
+        "at": "2026-03-02T10:00:00Z",
+    }
+    await line.send({**notice, "mode": "listen"})
+    await _expect_text(page, "#monitor-status", "Listening to +14155550101 (agent Bob Agent)")
+    await _expect_text(page, "#monitor-start", "Switch mode")
+    assert await page.get_attribute("#monitor-call-id", "readonly") is not None
+    assert await page.evaluate("window.softphone.monitor.mode") == "listen"
+    # While supervising, the supervisor's line is taken: no dialing.
+    assert await page.is_disabled("#dial-submit")
+    await _expect_text(page, "#dial-hint", "Stop supervising")
+
+    # Whispering to the agent, then barging in.
+    await page.select_option("#monitor-mode", "whisper")
+    await page.click("#monitor-start")
+    change = await line.expect("monitor")
+    assert change == {
+        "type": "monitor",
+        "call_id": CALL_ID,
+        "mode": "whisper",
+        "ref": change["ref"],
+    }
+    await line.send({**notice, "mode": "whisper"})
+    await _expect_text(page, "#monitor-status", "Whispering to the agent (Bob Agent)")
+    await page.select_option("#monitor-mode", "barge")
+    await page.click("#monitor-start")
+    assert (await line.expect("monitor"))["mode"] == "barge"
+    await line.send({**notice, "mode": "barge"})
+    await _expect_text(page, "#monitor-status", "Barged in")
+
+    # Stopping.
+    await page.click("#monitor-stop")
+    stop = await line.expect("stop_monitor")
+    assert stop == {"type": "stop_monitor", "call_id": CALL_ID, "ref": stop["ref"]}
+    await line.send({**notice, "mode": "ended", "cause": "stopped"})
+    await _expect_text(page, "#monitor-status", "Ended: you stopped supervising.")
+    await _expect_text(page, "#monitor-start", "Start supervising")
+    assert await page.get_attribute("#monitor-call-id", "readonly") is None
+    assert await page.is_disabled("#monitor-stop")
+    assert await page.evaluate("window.softphone.monitor") is None
+
+    # Listening again until the call ends under the supervisor.
+    await page.select_option("#monitor-mode", "listen")
+    await page.click("#monitor-start")
+    assert (await line.expect("monitor"))["mode"] == "listen"
+    await line.send({**notice, "mode": "listen"})
+    await _expect_text(page, "#monitor-status", "Listening to")
+    await line.send({**notice, "mode": "ended", "cause": "call_ended"})
+    await _expect_text(page, "#monitor-status", "Ended: the call ended.")
+    await page.wait_for_selector("#dial-submit:enabled")
+
+    # A typed caller ID is cleaned up and sent; a refusal of it is said plainly.
+    await page.fill("#dial-number", "+14155550123")
+    await page.fill("#dial-caller-id", "+1 415 555 0900")
+    await page.click("#dial-submit")
+    dial = await line.expect("dial")
+    assert (dial["number"], dial["caller_id"]) == ("+14155550123", "+14155550900")
+    await line.send(
+        {"type": "error", "code": "caller_id_not_owned", "message": "x", "ref": dial["ref"]}
+    )
+    await _expect_text(page, "#dial-error", "not one of your organisation's numbers")
     assert page.problems == []

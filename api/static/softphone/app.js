@@ -3,13 +3,21 @@
 import { AuthError, Session } from "./auth.js";
 import {
   CallLog,
+  DIAL_E164,
+  DIAL_ERRORS,
   DTMF,
+  MONITOR_ERRORS,
   NOTES_MAX,
+  UUID,
+  dialNumber,
+  dialOutcome,
   formatClock,
   formatDuration,
   humanize,
   isLive,
+  monitorStatus,
   screenPop,
+  supervisorNotice,
   transferProblem,
   wrapUpCode,
 } from "./calls.js";
@@ -75,6 +83,18 @@ const state = {
   directory: { agent: [], queue: [] },
   directoryLoaded: false,
   permissionWatched: false,
+  // Bumped on every sign-out, so answers to requests of an earlier sign-in are dropped.
+  epoch: 0,
+  // The tenant's numbers to call from ({e164, label}), null until loaded.
+  numbers: null,
+  numbersLoading: false,
+  // A `dial` sent and not answered yet: {ref, number, callerId, at}.
+  dial: null,
+  // The call this supervisor is on: {callId, mode (null until the server confirms), agentId,
+  // fromNumber, stopping, sentAt}.
+  monitor: null,
+  // A supervisor heard on this agent's call: {callId, mode: "whisper" | "barge"}.
+  supervisor: null,
 };
 
 // For the end-to-end tests and for support staff poking at a live page.
@@ -107,6 +127,10 @@ window.softphone = {
   },
   get lastSdpOffer() {
     return media.lastSdpOffer;
+  },
+  /** The call this supervisor is on, as the server last confirmed it (null when none). */
+  get monitor() {
+    return state.monitor && state.monitor.mode ? { ...state.monitor } : null;
   },
 };
 
@@ -153,6 +177,7 @@ function showPhone() {
 function resetWork() {
   closeOffer();
   closeTransfer();
+  state.epoch += 1;
   state.hello = null;
   state.presence = null;
   state.call = null;
@@ -164,8 +189,15 @@ function resetWork() {
   state.directoryLoaded = false;
   state.log = new CallLog();
   state.logKey = null;
+  state.numbers = null;
+  state.numbersLoading = false;
+  state.dial = null;
+  state.monitor = null;
+  state.supervisor = null;
   ui.wrapupForm.hidden = true;
   ui.stateSelect.disabled = true;
+  resetDial();
+  resetMonitor();
   renderCall();
   renderLog();
 }
@@ -238,6 +270,8 @@ function renderStatus() {
   }
   if (ui.statusLine.textContent !== text) ui.statusLine.textContent = text;
   ui.statusDot.dataset.state = signaling.ready ? dotState(state.presence) : "offline";
+  renderDial();
+  renderMonitor();
   const title = state.offer
     ? `Incoming call - ${screenPop(state.offer).from}`
     : `${text} - Softphone`;
@@ -250,6 +284,8 @@ function setLeg(word) {
   ui.legState.dataset.state = word;
   if (word === "connected") clearAlert("media");
   renderHint();
+  renderDial();
+  renderMonitor();
 }
 
 // ---- Presence ----------------------------------------------------------------------------
@@ -486,12 +522,14 @@ function onCall(msg) {
     // an outgoing call rings in the call panel.
     if (callState === "ringing" && msg.direction !== "outbound") return;
     if (state.offer && state.offer.call_id === id) closeOffer(id);
-    if (!state.call || state.call.call_id !== id) {
+    const fresh = !state.call || state.call.call_id !== id;
+    if (fresh) {
       state.call = newCall(msg);
       media.setMuted(false);
       if (state.wrapUp && !wrapUpTouched()) hideWrapUp();
     }
     const call = state.call;
+    const before = fresh ? null : call.state;
     call.state = callState;
     if (msg.direction === "inbound" || msg.direction === "outbound") call.direction = msg.direction;
     const number = call.direction === "outbound" ? msg.to_number : msg.from_number;
@@ -502,7 +540,17 @@ function onCall(msg) {
     }
     call.holdPending = false;
     renderCall();
-    if (callState === "connected" && nothingFocused()) ui.callTitle.focus();
+    const outgoing = call.direction === "outbound";
+    if (fresh && outgoing) {
+      // The agent just pressed Call: the call panel is where the call goes on (or is hung up).
+      if (nothingFocused() || ui.dialForm.contains(document.activeElement)) ui.callTitle.focus();
+      if (callState === "dialing") announce(`Calling ${call.number || "the number"}`);
+    } else if (callState === "connected" && nothingFocused()) {
+      ui.callTitle.focus();
+    }
+    if (outgoing && before === "dialing" && callState === "connected") {
+      announce(`${call.number || "The number you called"} answered`);
+    }
     return;
   }
 
@@ -511,13 +559,20 @@ function onCall(msg) {
     if (row && row.connected_at) {
       state.lastEnded = { call_id: id, number: row.number, duration: row.duration };
     }
+    if (state.supervisor && state.supervisor.callId === id) state.supervisor = null;
     if (state.call && state.call.call_id === id) {
       const hadFocus = ui.callPanel.contains(document.activeElement);
+      const call = state.call;
       state.call = null;
       media.setMuted(false);
       closeTransfer();
       renderCall();
       if (hadFocus && ui.callPanel.contains(document.activeElement)) document.activeElement.blur();
+      // A call the agent dialed that was never answered: say why, next to where they dial.
+      if (call.direction === "outbound" && row && !row.connected_at) {
+        const outcome = dialOutcome(row.cause, row.number || call.number);
+        if (outcome) ui.dialError.textContent = outcome;
+      }
       if (state.presence && state.presence.state === "wrap_up") openWrapUp(id);
     }
   }
@@ -527,6 +582,9 @@ function renderCall() {
   const call = state.call;
   ui.callPanel.hidden = !call;
   renderHint();
+  renderDial();
+  renderMonitor();
+  renderSupervisor();
   if (!call) return;
   const talking = call.state === "connected" || call.state === "held";
   const held = call.state === "held";
@@ -749,6 +807,368 @@ ui.transferForm.addEventListener("submit", (event) => {
   });
 });
 
+// ---- Call a number -----------------------------------------------------------------------
+
+const CALLER_ID_HELP = {
+  loading: "Loading your organisation's numbers...",
+  list: "One of your organisation's numbers.",
+  none: "Your organisation has no numbers to call from. Ask your administrator.",
+  typed: "Your organisation's numbers could not be loaded: type one of them, e.g. +14155550100.",
+};
+// How long a `dial` or a `monitor` may go unanswered before the page lets the agent try again
+// (the server gives up on the media node after 10 s and says so).
+const REQUEST_WAIT_MS = 20_000;
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+/**
+ * The caller ID is picked from a list of the tenant's numbers; when the list cannot be loaded
+ * it is typed instead. Both controls carry the same id, so the label and the tests find it.
+ */
+function useCallerIdControl(kind) {
+  const wantList = kind === "list";
+  const old = ui.dialCallerId;
+  if ((old instanceof HTMLSelectElement) === wantList) return;
+  const control = document.createElement(wantList ? "select" : "input");
+  control.id = old.id;
+  control.name = old.name;
+  control.setAttribute("aria-describedby", "dial-caller-id-help");
+  if (!wantList) {
+    control.type = "tel";
+    control.inputMode = "tel";
+    control.autocomplete = "off";
+    control.spellcheck = false;
+    control.maxLength = 32;
+    control.placeholder = "+14155550100";
+  }
+  control.addEventListener("input", clearDialError);
+  const hadFocus = document.activeElement === old;
+  old.replaceWith(control);
+  ui.dialCallerId = control;
+  if (hadFocus) control.focus();
+}
+
+function fillCallerIds(numbers) {
+  useCallerIdControl("list");
+  const chosen = ui.dialCallerId.value;
+  ui.dialCallerId.replaceChildren(
+    ...numbers.map(({ e164, label }) => new Option(label ? `${e164} - ${label}` : e164, e164)),
+  );
+  if (numbers.some((n) => n.e164 === chosen)) ui.dialCallerId.value = chosen;
+  ui.dialCallerIdHelp.textContent = numbers.length ? CALLER_ID_HELP.list : CALLER_ID_HELP.none;
+}
+
+/** The tenant's numbers, for the caller ID. Every role that can sign in here may read them. */
+async function loadNumbers() {
+  if (state.numbers !== null || state.numbersLoading) return;
+  state.numbersLoading = true;
+  const epoch = state.epoch;
+  let numbers = null;
+  try {
+    const token = await session.accessToken();
+    const response = await fetch("/v1/numbers?limit=100", {
+      headers: { authorization: `Bearer ${token}`, accept: "application/json" },
+      cache: "no-store",
+    });
+    if (response.ok) {
+      const body = await response.json();
+      if (body && Array.isArray(body.data)) {
+        numbers = body.data
+          .filter((n) => n && typeof n.e164 === "string" && DIAL_E164.test(n.e164))
+          .map((n) => ({ e164: n.e164, label: typeof n.label === "string" ? n.label.trim() : "" }));
+      }
+    }
+  } catch {
+    numbers = null; // typed instead, below
+  }
+  if (epoch !== state.epoch) return; // signed out meanwhile
+  state.numbersLoading = false;
+  if (numbers === null) {
+    useCallerIdControl("typed");
+    ui.dialCallerIdHelp.textContent = CALLER_ID_HELP.typed;
+  } else {
+    state.numbers = numbers;
+    fillCallerIds(numbers);
+  }
+  renderDial();
+}
+
+/** Why the agent cannot dial right now, or "" when they can. */
+function dialBlocker() {
+  if (!signaling.ready) return "Not connected to the server.";
+  if (state.leg !== "connected") return "Calls go out once the audio line is connected.";
+  if (state.dial) return "Calling...";
+  if (state.call) {
+    return state.call.state === "dialing"
+      ? "Calling. Hang up in the call panel to cancel."
+      : "Finish the current call first.";
+  }
+  if (state.offer) return "Answer or reject the incoming call first.";
+  if (state.monitor) return "Stop supervising the call first.";
+  if (state.numbers && state.numbers.length === 0) return "There is no number to call from.";
+  return "";
+}
+
+function renderDial() {
+  const blocker = dialBlocker();
+  ui.dialSubmit.disabled = blocker !== "";
+  setText(ui.dialSubmit, state.dial ? "Calling..." : "Call");
+  setText(ui.dialHint, blocker);
+}
+
+function clearDialError() {
+  ui.dialError.textContent = "";
+}
+
+function resetDial() {
+  ui.dialNumber.value = "";
+  clearDialError();
+  fillCallerIds([]);
+  ui.dialCallerIdHelp.textContent = CALLER_ID_HELP.loading;
+}
+
+/** A refused `dial`: said in plain words next to the form; handled, so no second alert. */
+function dialRefused(msg, dial) {
+  if (state.dial === dial) state.dial = null;
+  ui.dialError.textContent = DIAL_ERRORS[msg.code] || errorText(msg);
+  renderDial();
+  if (nothingFocused() || document.activeElement === ui.dialSubmit) ui.dialNumber.focus();
+  return true;
+}
+
+/** The server placed the call: the `call` notices follow (or came first). */
+function onDialing(msg) {
+  if (typeof msg.call_id !== "string") return;
+  const dial = state.dial && state.dial.ref === msg.ref ? state.dial : null;
+  if (msg.ref) state.actions.delete(msg.ref);
+  if (!dial) return;
+  state.dial = null;
+  // Shown at once, even if the node's first notice is still on its way.
+  if (!state.log.get(msg.call_id)) {
+    onCall({
+      type: "call",
+      call_id: msg.call_id,
+      state: "dialing",
+      direction: "outbound",
+      from_number: dial.callerId,
+      to_number: dial.number,
+    });
+  }
+  renderDial();
+}
+
+ui.dialNumber.addEventListener("input", clearDialError);
+ui.dialCallerId.addEventListener("input", clearDialError);
+
+ui.dialForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const { number, error } = dialNumber(ui.dialNumber.value);
+  if (error) {
+    ui.dialError.textContent = error;
+    ui.dialNumber.focus();
+    return;
+  }
+  const callerId = String(ui.dialCallerId.value ?? "").replace(/[\s().-]/g, "");
+  if (!DIAL_E164.test(callerId)) {
+    ui.dialError.textContent =
+      ui.dialCallerId instanceof HTMLSelectElement
+        ? "Choose the number to show them."
+        : "Enter the number to show them in international format, e.g. +14155550100.";
+    ui.dialCallerId.focus();
+    return;
+  }
+  const blocker = dialBlocker();
+  if (blocker) {
+    ui.dialError.textContent = blocker;
+    return;
+  }
+  const dial = { ref: null, number, callerId, at: Date.now() };
+  const ref = act(
+    "dial",
+    { number, caller_id: callerId },
+    { quiet: true, onError: (msg) => dialRefused(msg, dial) },
+  );
+  if (ref === null) {
+    ui.dialError.textContent = NOT_CONNECTED;
+    return;
+  }
+  dial.ref = ref;
+  state.dial = dial;
+  ui.dialNumber.value = number;
+  clearDialError();
+  renderDial();
+});
+
+// ---- Supervising a call ------------------------------------------------------------------
+
+// The roles whose users may listen to, whisper on and barge into their colleagues' calls.
+const SUPERVISOR_ROLES = DIRECTORY_ROLES;
+const NOT_SUPERVISING = "Not supervising a call.";
+
+function canSupervise() {
+  return SUPERVISOR_ROLES.has(session.role);
+}
+
+function agentLabel(agentId) {
+  const known = state.directory.agent.find((entry) => entry.id === agentId);
+  return known ? known.label : String(agentId || "");
+}
+
+function renderMonitor() {
+  ui.monitorPanel.hidden = !canSupervise();
+  const m = state.monitor;
+  const joining = Boolean(m && !m.mode);
+  setText(ui.monitorStart, m && m.mode ? "Switch mode" : "Start supervising");
+  ui.monitorStart.disabled = joining || Boolean(m && m.stopping);
+  ui.monitorStop.disabled = !m || m.stopping;
+  ui.monitorCallId.readOnly = Boolean(m);
+}
+
+function resetMonitor() {
+  ui.monitorCallId.value = "";
+  ui.monitorMode.value = "listen";
+  ui.monitorError.textContent = "";
+  ui.monitorStatus.textContent = NOT_SUPERVISING;
+  renderMonitor();
+}
+
+/** Why this supervisor cannot join a call now, or "" when they can. */
+function monitorBlocker() {
+  if (!signaling.ready) return NOT_CONNECTED;
+  if (state.leg !== "connected") return MONITOR_ERRORS.no_media;
+  if (state.call || state.dial) return MONITOR_ERRORS.busy;
+  if (state.offer) return "Answer or reject the incoming call first.";
+  return "";
+}
+
+function monitorRefused(msg, callId) {
+  const m = state.monitor;
+  if (m && m.callId === callId) {
+    m.stopping = false;
+    if (!m.mode || msg.code === "not_monitoring") {
+      state.monitor = null;
+      ui.monitorStatus.textContent = NOT_SUPERVISING;
+    }
+  }
+  ui.monitorError.textContent = MONITOR_ERRORS[msg.code] || errorText(msg);
+  renderMonitor();
+  renderDial();
+  return true;
+}
+
+function onMonitor(msg) {
+  if (typeof msg.call_id !== "string") return;
+  const m = state.monitor;
+  if (msg.mode === "ended") {
+    if (!m || m.callId === msg.call_id) state.monitor = null;
+    ui.monitorStatus.textContent = monitorStatus(msg);
+  } else if (msg.mode === "listen" || msg.mode === "whisper" || msg.mode === "barge") {
+    state.monitor = {
+      callId: msg.call_id,
+      mode: msg.mode,
+      agentId: typeof msg.agent_id === "string" ? msg.agent_id : null,
+      fromNumber: typeof msg.from_number === "string" ? msg.from_number : null,
+      stopping: false,
+      sentAt: 0,
+    };
+    ui.monitorCallId.value = msg.call_id;
+    ui.monitorMode.value = msg.mode;
+    ui.monitorError.textContent = "";
+    ui.monitorStatus.textContent = monitorStatus(msg, agentLabel(msg.agent_id));
+  }
+  renderMonitor();
+  renderDial();
+}
+
+ui.monitorCallId.addEventListener("input", () => {
+  ui.monitorError.textContent = "";
+});
+
+ui.monitorForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!canSupervise()) return;
+  const current = state.monitor;
+  if (current && (!current.mode || current.stopping)) return;
+  const callId = current ? current.callId : ui.monitorCallId.value.trim().toLowerCase();
+  if (!UUID.test(callId)) {
+    ui.monitorError.textContent =
+      "Paste the call's ID: 32 letters and digits in five groups, like 0190a000-0000-7000-8000-0000000000c1.";
+    ui.monitorCallId.focus();
+    return;
+  }
+  const mode = ui.monitorMode.value;
+  if (current && current.mode === mode) {
+    ui.monitorError.textContent = "Choose another way to supervise, or stop.";
+    return;
+  }
+  const blocker = current ? "" : monitorBlocker();
+  if (blocker) {
+    ui.monitorError.textContent = blocker;
+    return;
+  }
+  const ref = act(
+    "monitor",
+    { call_id: callId, mode },
+    { quiet: true, onError: (msg) => monitorRefused(msg, callId) },
+  );
+  if (ref === null) {
+    ui.monitorError.textContent = NOT_CONNECTED;
+    return;
+  }
+  ui.monitorError.textContent = "";
+  if (!current) {
+    state.monitor = { callId, mode: null, agentId: null, fromNumber: null, stopping: false };
+    ui.monitorCallId.value = callId;
+    ui.monitorStatus.textContent = "Joining the call...";
+  }
+  state.monitor.sentAt = Date.now();
+  renderMonitor();
+  renderDial();
+});
+
+ui.monitorStop.addEventListener("click", () => {
+  const m = state.monitor;
+  if (!m || m.stopping) return;
+  const ref = act(
+    "stop_monitor",
+    { call_id: m.callId },
+    { quiet: true, onError: (msg) => monitorRefused(msg, m.callId) },
+  );
+  if (ref === null) {
+    ui.monitorError.textContent = NOT_CONNECTED;
+    return;
+  }
+  ui.monitorError.textContent = "";
+  m.stopping = true;
+  m.sentAt = Date.now();
+  renderMonitor();
+});
+
+// ---- A supervisor on the agent's call ----------------------------------------------------
+
+function renderSupervisor() {
+  const sup = state.supervisor;
+  const call = state.call;
+  const text = sup && call && sup.callId === call.call_id ? supervisorNotice(sup.mode) : "";
+  setText(ui.supervisorIndicator, text);
+  ui.supervisorIndicator.hidden = text === "";
+  ui.supervisorIndicator.dataset.mode = text ? sup.mode : "";
+}
+
+/** A supervisor started or stopped talking on this agent's call (listening is never told). */
+function onSupervisor(msg) {
+  if (typeof msg.call_id !== "string") return;
+  const mode = msg.mode === "whisper" || msg.mode === "barge" ? msg.mode : null;
+  const before = state.supervisor && state.supervisor.callId === msg.call_id ? state.supervisor.mode : null;
+  if (mode) state.supervisor = { callId: msg.call_id, mode };
+  else if (before) state.supervisor = null;
+  renderSupervisor();
+  if (mode === before || !state.call || state.call.call_id !== msg.call_id) return;
+  announce(mode ? supervisorNotice(mode) : "The supervisor is no longer speaking on your call");
+}
+
 // ---- Wrap-up -----------------------------------------------------------------------------
 
 function wrapUpTouched() {
@@ -900,16 +1320,19 @@ function onHello(msg) {
   onPresence(msg.presence ?? { state: "offline" }, { live: false });
   media.start(Array.isArray(msg.ice_servers) ? msg.ice_servers : []);
   loadDirectory();
+  loadNumbers();
 }
 
 function onError(msg) {
   if (media.offerRefused(msg)) return; // reported through "negotiation-failed"
   const action = msg.ref ? state.actions.get(msg.ref) : null;
+  let handled = false;
   if (action) {
     state.actions.delete(msg.ref);
-    if (action.onError) action.onError(msg);
+    // A handler that shows the refusal where it belongs returns true: no second message.
+    if (action.onError) handled = action.onError(msg) === true;
   }
-  showAlert("action", errorText(msg), { ms: 8000 });
+  if (!handled) showAlert("action", errorText(msg), { ms: 8000 });
 }
 
 function onLeg(msg) {
@@ -936,6 +1359,15 @@ signaling.addEventListener("message", (event) => {
     case "call":
       onCall(msg);
       break;
+    case "dialing":
+      onDialing(msg);
+      break;
+    case "monitor":
+      onMonitor(msg);
+      break;
+    case "supervisor":
+      onSupervisor(msg);
+      break;
     case "leg":
       onLeg(msg);
       break;
@@ -950,6 +1382,12 @@ signaling.addEventListener("message", (event) => {
 signaling.addEventListener("down", () => {
   media.pause();
   ui.stateSelect.disabled = true;
+  // Answers to these went with the connection; the call's own notices still come.
+  state.dial = null;
+  if (state.monitor && !state.monitor.mode) {
+    state.monitor = null;
+    ui.monitorStatus.textContent = NOT_SUPERVISING;
+  }
   if (signaling.running) showAlert("connection", CONNECTION_LOST);
   renderStatus();
 });
@@ -1112,6 +1550,22 @@ function tick() {
   for (const [ref, action] of state.actions) {
     if (now - action.at > 60_000) state.actions.delete(ref);
   }
+  if (state.dial && now - state.dial.at > REQUEST_WAIT_MS) {
+    state.dial = null;
+    ui.dialError.textContent = "No answer about that call. Check the list of calls, then try again.";
+    renderDial();
+  }
+  const m = state.monitor;
+  if (m && (!m.mode || m.stopping) && now - m.sentAt > REQUEST_WAIT_MS) {
+    m.stopping = false;
+    if (!m.mode) {
+      state.monitor = null;
+      ui.monitorStatus.textContent = NOT_SUPERVISING;
+    }
+    ui.monitorError.textContent = "No answer from the server. Try again.";
+    renderMonitor();
+    renderDial();
+  }
 }
 
 setInterval(tick, 500);
@@ -1119,6 +1573,8 @@ setInterval(tick, 500);
 // ---- Start -------------------------------------------------------------------------------
 
 fillReasons(null);
+resetDial();
+resetMonitor();
 renderLog();
 renderCall();
 if (session.restore()) {

@@ -2,6 +2,8 @@
 // the formats the signaling protocol accepts. Nothing here touches the page or the network.
 
 export const E164 = /^\+[1-9][0-9]{1,14}$/;
+// What the server accepts for a number to dial and for the caller ID shown to them.
+export const DIAL_E164 = /^\+[1-9][0-9]{6,14}$/;
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export const CODE = /^[a-z][a-z0-9_]{0,31}$/;
 export const DTMF = /^[0-9*#A-D]{1,32}$/;
@@ -39,6 +41,111 @@ export function transferProblem(kind, to) {
     return UUID.test(target) ? null : `Pick the ${kind} from the list or paste its ID.`;
   }
   return "Choose whether to transfer to an agent, a queue or a number.";
+}
+
+/**
+ * A number typed to dial, as the protocol wants it: spaces, brackets, dots and dashes are
+ * dropped ("+1 (415) 555-0123" -> "+14155550123"). Returns {number, error}.
+ */
+export function dialNumber(text) {
+  const number = String(text ?? "").replace(/[\s().-]/g, "");
+  if (!number) return { number: null, error: "Enter the number to call." };
+  if (!DIAL_E164.test(number)) {
+    return {
+      number: null,
+      error: "Enter the number in international format: + and the country code, e.g. +14155550123.",
+    };
+  }
+  return { number, error: null };
+}
+
+// Plain words for the server's refusals, by code. The server's own message is written for
+// developers, so the page only falls back to it for codes it does not know.
+export const DIAL_ERRORS = {
+  busy: "Your line is in use. Finish the current call (or stop supervising) before calling out.",
+  no_media: "Your audio line is not connected yet. Wait until it says connected, then try again.",
+  caller_id_not_owned: "That caller ID is not one of your organisation's numbers. Pick another.",
+  international_not_allowed: "Your organisation does not allow calls to other countries.",
+  premium_not_allowed: "Your organisation does not allow calls to premium-rate numbers.",
+  invalid_destination: "That number cannot be called. Check it and try again.",
+  no_trunk: "There is no phone line to place this call on. Ask your administrator.",
+  concurrent_call_limit:
+    "Your organisation has as many calls going as it may have at once. Try again in a moment.",
+  tenant_inactive: "Your organisation cannot place calls right now. Ask your administrator.",
+  invalid_message: "The number or the caller ID was not accepted. Check both and try again.",
+};
+
+export const MONITOR_ERRORS = {
+  forbidden: "Supervising calls needs the owner, admin or supervisor role.",
+  no_media: "Your audio line is not connected yet. Wait until it says connected, then try again.",
+  busy: "You are on a call of your own. Finish it before supervising another.",
+  already_monitoring: "You are supervising another call already. Stop that one first.",
+  not_connected: "That call is not talking to an agent right now.",
+  own_call: "That is your own call.",
+  monitored: "Another supervisor is on that call already.",
+  call_not_found: "There is no live call with that ID.",
+  not_monitoring: "You are not supervising that call any more.",
+  invalid_message: "That call ID was not accepted. Check it and try again.",
+};
+
+/**
+ * What the agent is told when a call they dialed ended without being answered, by cause, or
+ * null when there is nothing to say (they cancelled it themselves).
+ */
+export function dialOutcome(cause, number) {
+  const who = number || "the number";
+  switch (cause) {
+    case "no_answer":
+      return `No answer from ${who}.`;
+    case "busy":
+      return `${who} is busy. Try again later.`;
+    case "failed":
+      return `The call to ${who} could not be connected.`;
+    case "cancelled":
+    case "agent_hangup":
+    case "local_hangup":
+      return null;
+    default:
+      return cause ? `The call to ${who} ended: ${humanize(cause).toLowerCase()}.` : null;
+  }
+}
+
+const MONITOR_ENDED = {
+  stopped: "you stopped supervising",
+  call_ended: "the call ended",
+  transferred: "the call was transferred",
+  supervisor_unreachable: "your audio line dropped",
+  supervisor_signed_off: "your softphone signed off",
+};
+
+/**
+ * The supervising panel's status line for a `monitor` notice; `agent` is the agent's name
+ * when the page knows it (else their ID).
+ */
+export function monitorStatus(msg, agent = "") {
+  const caller = String(msg?.from_number || "") || "an unknown number";
+  const who = agent || String(msg?.agent_id || "") || "unknown";
+  switch (msg?.mode) {
+    case "listen":
+      return `Listening to ${caller} (agent ${who}). Nobody hears you.`;
+    case "whisper":
+      return `Whispering to the agent (${who}). The caller does not hear you.`;
+    case "barge":
+      return `Barged in: ${caller} and the agent (${who}) both hear you.`;
+    case "ended": {
+      const cause = MONITOR_ENDED[msg.cause] ?? (humanize(msg.cause).toLowerCase() || "the call ended");
+      return `Ended: ${cause}.`;
+    }
+    default:
+      return "";
+  }
+}
+
+/** What the agent sees (and hears read out) when a supervisor speaks on their call. */
+export function supervisorNotice(mode) {
+  if (mode === "whisper") return "A supervisor is coaching you (only you hear them)";
+  if (mode === "barge") return "A supervisor joined the call";
+  return "";
 }
 
 /** The wrap-up code as the protocol wants it: a code or null, or an error message. */
@@ -103,7 +210,7 @@ export function screenPop(offered) {
   };
 }
 
-const LIVE = new Set(["ringing", "connected", "held"]);
+const LIVE = new Set(["dialing", "ringing", "connected", "held"]);
 
 /** True while a call in this state still needs the call panel. */
 export function isLive(state) {
