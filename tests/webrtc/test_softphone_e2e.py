@@ -26,6 +26,7 @@ from tests.media.tones import decode_rtp_payloads, tone_power, write_tone_wav
 from tests.routing.center import add_agents
 from tests.webrtc.browser import chromium_page, remote_tone_power, requires_chromium
 from tests.webrtc.floor import AGENT_TONE, CALLER, CALLER_TONE, Floor
+from tests.webrtc.softphone import PySoftphone
 
 pytestmark = [
     requires_chromium,
@@ -201,3 +202,51 @@ async def _call_event(floor: Floor, kind: str, count: int = 1) -> None:
         return len(floor.timeline.of(kind)) >= count
 
     await _until(seen)
+
+
+async def test_an_attended_transfer_from_the_page(floor: Floor, tmp_path: Path) -> None:
+    """The page's transfer dialog with "attended" ticked: the agent talks to a colleague (a
+    Python softphone) while the caller waits, then completes the transfer from the page."""
+    wav = tmp_path / "agent.wav"
+    write_tone_wav(wav, AGENT_TONE, 2.0)
+    agent = floor.agents[0]
+    (second,) = await add_agents(floor.api, floor.center, 1, start=1)
+    colleague = PySoftphone(floor.ws_url, floor.token(second), SECOND_TONE)
+    async with chromium_page(wav) as page:
+        try:
+            await colleague.open()
+            await colleague.connect_media()
+            await colleague.ask({"type": "presence", "state": "available"}, "presence")
+            await _sign_in(page, floor, agent.email, _password(0))
+            await page.select_option("#state-select", "available")
+            await _presence(floor, agent.id, "available")
+            caller = floor.call()
+            await page.wait_for_selector("#offer-banner", state="visible", timeout=20_000)
+            await page.click("#answer-btn")
+            await _call_event(floor, "call.offer_answered")
+
+            await page.click("#transfer-btn")
+            await page.select_option("#transfer-kind", "agent")
+            await page.fill("#transfer-to", second.id)
+            await page.check("#transfer-attended")
+            await page.click("#transfer-submit")
+            await page.wait_for_selector("#consult-bar", state="visible", timeout=10_000)
+            assert await page.is_disabled("#consult-complete")
+            call_id = (await colleague.expect("offered"))["call_id"]
+            await colleague.ask({"type": "answer", "call_id": call_id}, "call", state="connected")
+            await page.wait_for_selector("#consult-complete:enabled", timeout=10_000)
+            assert "Talking to" in await page.inner_text("#consult-status")
+            await asyncio.sleep(1.0)
+            assert await remote_tone_power(page, SECOND_TONE) > 0.5
+            assert await caller.hears(AGENT_TONE) < 0.1
+
+            await page.click("#consult-complete")
+            await page.wait_for_selector("#call-panel", state="hidden", timeout=10_000)
+            await asyncio.sleep(1.0)
+            assert await caller.hears(SECOND_TONE) > 0.5
+            await colleague.ask({"type": "hangup", "call_id": call_id}, "call", state="ended")
+            assert (await caller.result()).ok
+            states = [e["state"] for e in floor.timeline.of("call.consult")]
+            assert states == ["ringing", "connected", "completed"]
+        finally:
+            await colleague.close()

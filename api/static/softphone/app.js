@@ -95,6 +95,7 @@ const state = {
   monitor: null,
   // A supervisor heard on this agent's call: {callId, mode: "whisper" | "barge"}.
   supervisor: null,
+  consult: null,
 };
 
 // For the end-to-end tests and for support staff poking at a live page.
@@ -582,6 +583,7 @@ function renderCall() {
   const call = state.call;
   ui.callPanel.hidden = !call;
   renderHint();
+  renderConsult();
   renderDial();
   renderMonitor();
   renderSupervisor();
@@ -1146,6 +1148,63 @@ ui.monitorStop.addEventListener("click", () => {
   renderMonitor();
 });
 
+// ---- An attended transfer under way ------------------------------------------------------
+
+const CONSULT_ENDED = {
+  no_answer: "did not answer",
+  hung_up: "hung up",
+  cancelled: "was cancelled",
+  caller_gone: "ended: the caller hung up",
+};
+
+function renderConsult() {
+  const c = state.consult;
+  const live = Boolean(c && state.call && c.call_id === state.call.call_id);
+  ui.consultBar.hidden = !live;
+  if (!live) return;
+  const who = c.to_kind === "agent" ? "the other agent" : c.to;
+  setText(
+    ui.consultStatus,
+    c.state === "connected"
+      ? `Talking to ${who}; the caller is on hold.`
+      : `Calling ${who}; the caller is on hold.`,
+  );
+  ui.consultComplete.disabled = c.state !== "connected";
+}
+
+/** Where the consultation before an attended transfer stands. */
+function onConsult(msg) {
+  if (typeof msg.call_id !== "string") return;
+  if (msg.state === "ringing" || msg.state === "connected") {
+    state.consult = msg;
+    if (msg.state === "connected") announce("Connected: the caller is on hold.");
+  } else {
+    state.consult = null;
+    if (msg.state === "ended") {
+      const why = CONSULT_ENDED[msg.reason] ?? "ended";
+      showAlert("transfer", `The consultation ${why}. The caller is on hold with you.`, {
+        ms: 10000,
+        info: true,
+      });
+    }
+  }
+  renderConsult();
+}
+
+ui.consultComplete.addEventListener("click", () => {
+  const c = state.consult;
+  if (!c) return;
+  act("transfer_complete", { call_id: c.call_id }, {
+    onError: (msg) => showAlert("transfer", `Transfer failed: ${errorText(msg)}`, { ms: 10000 }),
+  });
+});
+
+ui.consultCancel.addEventListener("click", () => {
+  const c = state.consult;
+  if (!c) return;
+  act("transfer_cancel", { call_id: c.call_id });
+});
+
 // ---- A supervisor on the agent's call ----------------------------------------------------
 
 function renderSupervisor() {
@@ -1367,6 +1426,9 @@ signaling.addEventListener("message", (event) => {
       break;
     case "supervisor":
       onSupervisor(msg);
+      break;
+    case "consult":
+      onConsult(msg);
       break;
     case "leg":
       onLeg(msg);
