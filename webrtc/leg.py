@@ -145,6 +145,9 @@ class WebRtcStream(RtpStream):
     def create(cls, *, rtcp_interval: float = RTCP_INTERVAL) -> WebRtcStream:
         stream = cls(asyncio.get_running_loop(), _NO_PORTS, "0.0.0.0", None, rtcp_interval)  # noqa: S104 - never bound
         stream._link = None
+        # An agent's keys arrive as commands (AgentDesk.dtmf), never as tones in their audio:
+        # searching it for tones would cost more CPU than carrying it.
+        stream.inband_detection = False
         return stream
 
     @property
