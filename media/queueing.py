@@ -845,14 +845,7 @@ class Queues:
             )
         )
         if to_kind == "queue":
-            await self.enqueue(
-                call,
-                UUID(to),
-                priority=queued.priority,
-                skills=queued.skills,
-                attributes=queued.attributes,
-                context=queued.context,
-            )
+            await self._requeue(call, queued, UUID(to))
         else:
             self.hold_music(call)
         with contextlib.suppress(CallEnded):
@@ -861,6 +854,17 @@ class Queues:
             self._spawn(
                 self._dial_transfer(call, queued, to, ring_seconds), name=f"hand-on-{call.id}"
             )
+
+    async def _requeue(self, call: Call, queued: QueuedCall, queue_id: UUID) -> None:
+        """Queue the call again (in `queue_id`) as its flow first queued it."""
+        await self.enqueue(
+            call,
+            queue_id,
+            priority=queued.priority,
+            skills=queued.skills,
+            attributes=queued.attributes,
+            context=queued.context,
+        )
 
     def take_over(self, call: Call, leg: AgentLeg) -> None:
         """An attended transfer to another agent completes: their answered `leg` replaces the
@@ -927,14 +931,7 @@ class Queues:
         except CallEnded:
             return
         if outcome != "answered" and not call.is_over:
-            await self.enqueue(
-                call,
-                queued.queue_id,
-                priority=queued.priority,
-                skills=queued.skills,
-                attributes=queued.attributes,
-                context=queued.context,
-            )
+            await self._requeue(call, queued, queued.queue_id)
 
     # --- transfer (from the call's flow) ------------------------------------------------------
 
