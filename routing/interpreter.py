@@ -56,6 +56,9 @@ LOOKUP_MAX_BYTES: Final = 16 * 1024
 """The most of an HTTP lookup's answer that is read; a longer answer is a failed lookup."""
 TRANSFER_APOLOGY: Final = "Sorry, we could not connect your call. Please try again later."
 MAX_PRIORITY: Final = 10
+SUSPENDED_NOTICE: Final = (
+    "We are sorry: this line cannot take calls at the moment. Please try again later. Goodbye."
+)
 
 
 class Caller(Protocol):
@@ -144,6 +147,14 @@ class FlowDirectory(Protocol):
     async def contact(self, tenant_id: UUID, e164: str) -> ContactInfo | None: ...
 
     async def lookup_secret(self, tenant_id: UUID) -> bytes: ...
+
+
+async def suspended_script(call: Caller) -> None:
+    """What callers hear while the tenant is suspended for non-payment: a polite notice, then
+    the call ends. No flow runs and no agent is offered the call."""
+    call.step("suspended", "notice")
+    await call.play(await call.speech(SUSPENDED_NOTICE, DEFAULT_VOICE))
+    await call.hangup("tenant_suspended")
 
 
 def flow_script(

@@ -105,6 +105,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Keeps router fleets that share one NATS apart (their leases, consumers, state, subjects):
     letters, digits, '_' and '-'."""
 
+    # Billing. With no stripe_api_key, `switchboard dev` runs the Stripe emulator in-process
+    # and points the SDK at it; production sets the key (and leaves stripe_api_base unset).
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    """Where the Stripe SDK sends requests (the emulator's address in tests and dev)."""
+    stripe_webhook_secret: str | None = None
+    """The endpoint's signing secret (whsec_...) that Stripe-Signature headers are checked with."""
+    stripe_webhook_tolerance_seconds: int = 300
+    billing_enabled: bool = True
+    """Whether workers meter usage and sync with Stripe (needs stripe_api_key)."""
+    billing_grace_hours: float = 72.0
+    """How long a tenant stays past_due after a failed payment before it is suspended."""
+    billing_sync_interval_seconds: float = 5.0
+    """How often the worker sends unsent ledger rows and sweeps seat-days and number-months."""
+    billing_meter_batch: int = 100
+
     data_dir: str = ".switchboard"
     node_id: str = "node-1"
     test_mode: bool = False
@@ -185,6 +201,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "agent_reconnect_grace_seconds",
                 1.0 <= self.agent_reconnect_grace_seconds <= 600,
                 "1..600",
+            ),
+            (
+                "stripe_webhook_tolerance_seconds",
+                10 <= self.stripe_webhook_tolerance_seconds <= 3600,
+                "10..3600",
+            ),
+            ("billing_grace_hours", 0 <= self.billing_grace_hours <= 24 * 90, "0..2160"),
+            (
+                "billing_sync_interval_seconds",
+                0.05 <= self.billing_sync_interval_seconds <= 3600,
+                "0.05..3600",
+            ),
+            ("billing_meter_batch", 1 <= self.billing_meter_batch <= 1000, "1..1000"),
+            (
+                "stripe_api_base",
+                self.stripe_api_base is None
+                or self.stripe_api_base.startswith(("http://", "https://")),
+                "an http:// or https:// URL",
             ),
             ("log_format", self.log_format in ("json", "text"), "json or text"),
             ("log_level", self.log_level.upper() in _LEVELS, "DEBUG, INFO, WARNING or ERROR"),

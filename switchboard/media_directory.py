@@ -26,6 +26,7 @@ import httpx
 
 from media.audio import SAMPLE_RATE, AudioError, PcmAudio, render_tts
 from media.directory import (
+    CallScript,
     ContactInfo,
     InboundRoute,
     Network,
@@ -34,7 +35,7 @@ from media.directory import (
     VoicemailRecord,
 )
 from routing.flows import FlowInvalid, decode_flow
-from routing.interpreter import flow_script
+from routing.interpreter import flow_script, suspended_script
 from runtime.db import platform_tx, tenant_tx
 from tenancy import media as catalog
 from tenancy.models import TenantId
@@ -217,8 +218,10 @@ class CatalogDirectory:
             owner = await catalog.number_owner(conn, e164)
         if owner is None:
             return None
-        script = None
-        if owner.flow_id is not None:
+        script: CallScript | None = None
+        if owner.tenant_status == "suspended":
+            script = suspended_script
+        elif owner.flow_id is not None:
             async with tenant_tx(self._pool, owner.tenant_id) as conn:
                 document = await catalog.published_flow(conn, owner.tenant_id, owner.flow_id)
             if document is not None:
@@ -235,7 +238,8 @@ class CatalogDirectory:
             tenant_id=owner.tenant_id,
             number_id=owner.number_id,
             e164=e164,
-            tenant_active=owner.tenant_status == "active",
+            # Past due still works; suspended runs the notice script instead of the flow.
+            tenant_active=owner.tenant_status in ("active", "past_due", "suspended"),
             max_concurrent_calls=owner.max_concurrent_calls,
             platform_trunk=owner.platform_trunk,
             script=script,

@@ -12,6 +12,7 @@ from datetime import timedelta
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from runtime.db import platform_tx, tenant_tx
 from runtime.ids import new_id
@@ -45,7 +46,9 @@ from tenancy.permissions import ALL_PERMISSIONS, permissions_for
 from tenancy.sso import service as sso
 from tenancy.vault import Vault
 
-_USABLE = {TenantStatus.ACTIVE, TenantStatus.PAST_DUE}
+# A suspended tenant can still sign in and read (and settle its bill); `Subject.suspended`
+# makes every other change refuse.
+_USABLE = {TenantStatus.ACTIVE, TenantStatus.PAST_DUE, TenantStatus.SUSPENDED}
 
 
 class Authenticator:
@@ -84,13 +87,14 @@ class Authenticator:
             return await self._authenticate_api_key(bearer)
         claims = self.keys.verify(bearer)
         tenant_id = TenantId(UUID(claims.tid))
-        await self._require_usable(tenant_id)
+        suspended = await self._require_usable(tenant_id)
         if claims.act == "user" and claims.role is not None:
             try:
                 role = Role(claims.role)
             except ValueError:
                 raise Unauthenticated("The access token names an unknown role.") from None
-            return service.subject_for_user(tenant_id, UUID(claims.sub), role)
+            subject = service.subject_for_user(tenant_id, UUID(claims.sub), role)
+            return msgspec.structs.replace(subject, suspended=suspended) if suspended else subject
         if claims.act == "oauth_client":
             return Subject(
                 tenant_id=tenant_id,
@@ -98,11 +102,14 @@ class Authenticator:
                 actor_id=UUID(claims.sub),
                 role=None,
                 permissions=frozenset(claims.scope.split()) & ALL_PERMISSIONS,
+                suspended=suspended,
             )
         raise Unauthenticated("The access token names no known actor.")
 
-    async def _require_usable(self, tenant_id: TenantId) -> None:
-        """Suspended and closed tenants are shut out within seconds, without a query per call."""
+    async def _require_usable(self, tenant_id: TenantId) -> bool:
+        """Whether the tenant is suspended; raises if it may not be used at all.
+        Closed tenants are shut out (and suspended ones restricted) within seconds, without a
+        query per call."""
         hit = self._status.get(tenant_id)
         now = time.monotonic()
         if hit is None or hit[0] < now:
@@ -116,6 +123,7 @@ class Authenticator:
             status = hit[1]
         if status not in _USABLE:
             raise TenantNotActive(f"The tenant is {status}.")
+        return bool(status == TenantStatus.SUSPENDED)
 
     async def _authenticate_api_key(self, raw: str) -> Subject:
         try:
@@ -131,13 +139,14 @@ class Authenticator:
             ):
                 raise Unauthenticated("The API key is invalid or revoked.")
             await repo.touch_credential(conn, token.tenant_id, "api_keys", token.id)
-        await self._require_usable(token.tenant_id)
+        suspended = await self._require_usable(token.tenant_id)
         return Subject(
             tenant_id=token.tenant_id,
             actor_type="api_key",
             actor_id=token.id,
             role=None,
             permissions=frozenset(row["scopes"]) & ALL_PERMISSIONS,
+            suspended=suspended,
         )
 
     # --- signup and email tokens --------------------------------------------------------------

@@ -54,3 +54,7 @@ class Forbidden(TenancyError):
 
 class TenantNotActive(Forbidden):
     code, title = "tenant-not-active", "Tenant is not active"
+
+
+class TenantSuspended(Forbidden):
+    code, title = "tenant-suspended", "Tenant is suspended"

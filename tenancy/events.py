@@ -26,6 +26,18 @@ class TenantUpdated(Event, frozen=True, kw_only=True, tag="tenant.updated"):
         return f"tenant.{self.tenant_id}.tenant.updated"
 
 
+class TenantStatusChanged(Event, frozen=True, kw_only=True, tag="tenant.status_changed"):
+    """The tenant became active, past_due, suspended or closed; `reason` says why (for billing
+    changes: the Stripe invoice or the grace period that caused it)."""
+
+    status: str
+    previous: str
+    reason: str
+
+    def subject(self) -> str:
+        return f"tenant.{self.tenant_id}.tenant.status_changed"
+
+
 class UserCreated(Event, frozen=True, kw_only=True, tag="user.created"):
     """A user can now sign in: the owner at verification, an invitee on acceptance."""
 
@@ -88,6 +100,7 @@ TENANCY_EVENTS: tuple[type[Event], ...] = (
     TenantCreated,
     TenantVerified,
     TenantUpdated,
+    TenantStatusChanged,
     UserCreated,
     UserInvited,
     UserUpdated,

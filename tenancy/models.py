@@ -60,6 +60,9 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
     actor_id: UUID
     role: Role | None
     permissions: frozenset[str]
+    suspended: bool = False
+    """The tenant is suspended for non-payment: it may read, and settle its bill, but not change
+    anything else."""
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
@@ -98,12 +101,17 @@ class Tenant(msgspec.Struct, kw_only=True):
     name: str
     status: TenantStatus
     plan: str
+    time_zone: str
+    """IANA zone the tenant's days are counted in: seat-days, number-months and reports."""
     created_at: datetime
     verified_at: datetime | None
 
 
 class TenantUpdate(_In):
     name: Name | msgspec.UnsetType = msgspec.UNSET
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
 
 
 class EmailTokenIn(_In):

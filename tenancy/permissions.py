@@ -21,6 +21,7 @@ RESOURCES = (
     "presence",
     "voicemails",
     "calls",
+    "billing",
 )
 _CONTACT_CENTER = frozenset(
     f"{r}:{a}"
@@ -41,15 +42,19 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
     f"{r}:{a}" for r in RESOURCES for a in ("read", "write")
 )
 
+# Money is for the owner and finance: an admin runs the contact center, not its bill.
+_BILLING = frozenset({"billing:read", "billing:write"})
+
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.OWNER: ALL_PERMISSIONS,
-    Role.ADMIN: ALL_PERMISSIONS,
+    Role.ADMIN: ALL_PERMISSIONS - _BILLING,
     Role.SUPERVISOR: _CONTACT_CENTER | {"tenant:read", "users:read", "numbers:read"},
     # The tenant's numbers: the caller IDs an agent may dial out with.
     Role.AGENT: frozenset({"tenant:read", "contacts:read", "numbers:read"}),
     Role.FINANCE: frozenset(
         {"tenant:read", "users:read", "audit:read", "numbers:read", "seats:read"}
-    ),
+    )
+    | _BILLING,
     Role.DEVELOPER: frozenset(
         {
             "tenant:read",

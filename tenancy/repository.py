@@ -45,11 +45,16 @@ async def set_tenant_status(
     )
 
 
-async def rename_tenant(conn: asyncpg.Connection, tenant_id: TenantId, name: str) -> Record | None:
+async def update_tenant(
+    conn: asyncpg.Connection, tenant_id: TenantId, *, name: str | None, time_zone: str | None
+) -> Record | None:
     return await conn.fetchrow(
-        "update tenants set name = $2, updated_at = now() where tenant_id = $1 returning *",
+        """update tenants set name = coalesce($2, name), time_zone = coalesce($3, time_zone),
+               updated_at = now()
+           where tenant_id = $1 returning *""",
         tenant_id,
         name,
+        time_zone,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -17,7 +18,14 @@ from tenancy import credentials as cred
 from tenancy import events as ev
 from tenancy import mail
 from tenancy import repository as repo
-from tenancy.errors import Conflict, EmailTaken, Forbidden, InvalidInput, NotFound
+from tenancy.errors import (
+    Conflict,
+    EmailTaken,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TenantSuspended,
+)
 from tenancy.models import (
     ApiKey,
     ApiKeyCreate,
@@ -94,9 +102,23 @@ async def audit_by(
     )
 
 
+# What a suspended tenant may still change: its billing, so that it can pay and be reinstated.
+_ALLOWED_WHILE_SUSPENDED = frozenset({"billing:write"})
+
+
 def require(subject: Subject, permission: str) -> None:
     if not subject.can(permission):
         raise Forbidden(f"This action needs the '{permission}' permission.")
+    if (
+        subject.suspended
+        and not permission.endswith(":read")
+        and permission not in _ALLOWED_WHILE_SUSPENDED
+    ):
+        raise TenantSuspended(
+            "The account is suspended because an invoice is unpaid, so changes are refused. "
+            "An owner or finance user can pay it from the billing page (/billing); the account "
+            "is active again as soon as the payment goes through."
+        )
 
 
 def to_tenant(row: asyncpg.Record) -> Tenant:
@@ -105,6 +127,7 @@ def to_tenant(row: asyncpg.Record) -> Tenant:
         name=row["name"],
         status=row["status"],
         plan=row["plan"],
+        time_zone=row["time_zone"],
         created_at=row["created_at"],
         verified_at=row["verified_at"],
     )
@@ -234,14 +257,34 @@ async def update_tenant(
     conn: asyncpg.Connection, subject: Subject, origin: Origin, data: TenantUpdate
 ) -> Tenant:
     require(subject, "tenant:write")
-    if data.name is msgspec.UNSET:
+    if data.name is msgspec.UNSET and data.time_zone is msgspec.UNSET:
         return await get_tenant(conn, subject)
-    row = await repo.rename_tenant(conn, subject.tenant_id, data.name.strip())
+    if data.time_zone is not msgspec.UNSET and not _known_time_zone(data.time_zone):
+        raise InvalidInput(
+            f"Unknown time zone {data.time_zone!r}: use an IANA name such as 'Europe/Paris'.",
+            field="time_zone",
+        )
+    row = await repo.update_tenant(
+        conn,
+        subject.tenant_id,
+        name=None if data.name is msgspec.UNSET else data.name.strip(),
+        time_zone=None if data.time_zone is msgspec.UNSET else data.time_zone,
+    )
     if row is None:
         raise NotFound("Tenant not found.")
     await publish(conn, ev.TenantUpdated(tenant_id=subject.tenant_id, name=row["name"]))
     await audit_by(conn, subject, origin, "tenant.updated", "tenant", subject.tenant_id)
     return to_tenant(row)
+
+
+def _known_time_zone(name: str) -> bool:
+    if name in ("localtime", "Factory"):
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 # --- users ------------------------------------------------------------------------------------

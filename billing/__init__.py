@@ -1,0 +1,1 @@
+"""Billing: the usage ledger, the Stripe gateway (official SDK), Stripe webhooks, finance."""
