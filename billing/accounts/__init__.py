@@ -1,0 +1,1 @@
+"""Each tenant's Stripe customer, subscription, plan and standing."""
