@@ -17,6 +17,7 @@ from api.context import ApiDeps, _valid_ip
 from api.controllers.agent_ws import agent_socket
 from api.controllers.agents import AgentPresenceController, QueueLiveController
 from api.controllers.auth import AuthController, OAuthController
+from api.controllers.billing import BillingController, StripeWebhookController
 from api.controllers.calls import CallMonitorController
 from api.controllers.contacts import ContactController
 from api.controllers.flows import FlowController, NumberRoutingController
@@ -148,6 +149,8 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             PagesController,
             SoftphoneController,
             CallMonitorController,
+            BillingController,
+            StripeWebhookController,
             agent_socket,
         ],
         state=State({"deps": deps}),

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from api import repository as repo
 from api.problems import ApiError
 from api.ratelimit import TokenBuckets, retry_after_header
+from billing.models import Gateway
 from bus.connection import Bus
 from routing.client import RouterClient
 from runtime.db import tenant_tx
@@ -48,6 +49,8 @@ class ApiDeps:
     """Asks the ACD router about presence and live queues; None where no bus is wired."""
     bus: Bus | None = None
     """For the agents' softphone connections (commands to media nodes, their notices)."""
+    billing: Gateway | None = None
+    """Stripe (or the emulator): invoices, the customer portal, reconciliation."""
     vault: Vault = field(init=False)
     ip_limits: TokenBuckets = field(init=False)
     tenant_limits: TokenBuckets = field(init=False)

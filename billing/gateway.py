@@ -244,7 +244,8 @@ class StripeGateway:
             "reading the subscription", lambda: v1.subscriptions.retrieve_async(subscription_id)
         )
         items: list[dict[str, Any]] = [
-            {"id": item.id, "deleted": True} for item in current["items"].data
+            {"id": item["id"], "deleted": True}
+            for item in (current.to_dict().get("items") or {}).get("data") or []
         ]
         items += self._items(plan)
         sub = await self._call(
@@ -269,15 +270,16 @@ class StripeGateway:
         )
         return self._subscription(sub)
 
-    def _subscription(self, sub: Any) -> SubscriptionState:
-        items = sub["items"].data if "items" in sub else []
+    def _subscription(self, stripe_sub: Any) -> SubscriptionState:
+        sub: dict[str, Any] = stripe_sub.to_dict()
+        items = (sub.get("items") or {}).get("data") or []
         first = items[0] if items else None
         start = sub.get("current_period_start") or (first and first.get("current_period_start"))
         end = sub.get("current_period_end") or (first and first.get("current_period_end"))
         metadata = sub.get("metadata") or {}
         return SubscriptionState(
-            id=str(sub.id),
-            status=str(sub.status),
+            id=str(sub["id"]),
+            status=str(sub["status"]),
             plan=metadata.get("plan"),
             current_period_start=_ts(start),
             current_period_end=_ts(end),
@@ -351,7 +353,7 @@ class StripeGateway:
         )
         return [
             StripeInvoice(
-                id=str(i.id),
+                id=str(i["id"]),
                 number=i.get("number"),
                 status=str(i.get("status") or "draft"),
                 currency=str(i.get("currency") or "usd"),
@@ -364,7 +366,7 @@ class StripeGateway:
                 hosted_invoice_url=i.get("hosted_invoice_url"),
                 invoice_pdf=i.get("invoice_pdf"),
             )
-            for i in cast(list[Any], found.data)
+            for i in (invoice.to_dict() for invoice in found.data)
         ]
 
     async def portal_session(self, customer_id: str, return_url: str) -> str:

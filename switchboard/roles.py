@@ -22,6 +22,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from api.app import create_app
 from api.context import ApiDeps
+from billing.gateway import StripeGateway
+from billing.models import Gateway
+from billing.worker import BillingWorker
 from bus.connection import Bus, connect, ensure_events_stream
 from bus.outbox import OutboxRelay
 from routing.client import RouterClient
@@ -53,6 +56,8 @@ class Resources:
     auth: Authenticator
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
+    billing: Gateway | None = None
+    """Stripe, when billing is enabled and a key is set."""
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"postgres": False, "nats": self.bus.is_connected}
@@ -84,7 +89,12 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
             )
             auth = Authenticator(pool, settings, keys)
             await auth.load_keys()
-            yield Resources(settings, pool, bus, auth)
+            billing = (
+                StripeGateway.from_settings(settings)
+                if settings.billing_enabled and settings.stripe_api_key
+                else None
+            )
+            yield Resources(settings, pool, bus, auth, billing=billing)
         finally:
             await bus.close()
     finally:
@@ -114,6 +124,7 @@ def api_deps(res: Resources) -> ApiDeps:
             res.bus, res.settings.router_partitions, namespace=res.settings.router_namespace
         ),
         bus=res.bus,
+        billing=res.billing,
     )
 
 
@@ -148,6 +159,8 @@ def start_worker(res: Resources, stop: asyncio.Event, *, mail_poll: float = 1.0)
         asyncio.create_task(mailer.run(stop), name="mail-relay"),
         asyncio.create_task(_every(stop, 3600, purge_idempotency), name="idempotency-purge"),
     ]
+    if res.billing is not None:
+        res.tasks += BillingWorker(res.pool, res.bus, res.settings, res.billing).start(stop)
 
 
 def start_key_refresh(res: Resources, stop: asyncio.Event) -> None:
@@ -313,7 +326,19 @@ async def run_dev(settings: Settings) -> None:
         overrides["master_key"] = _secret_file(data / "master.key", lambda: secrets.token_hex(32))
     pg: EmbeddedPostgres | None = None
     nats: EmbeddedNats | None = None
+    stripe: Any = None
     try:
+        if settings.billing_enabled and settings.stripe_api_key is None:
+            from billing.emulator import StripeEmulator
+
+            # No Stripe account configured: bill against the emulator, through the same SDK.
+            stripe = StripeEmulator(
+                webhook_url=f"{settings.base_url}/v1/stripe/webhooks",
+                webhook_secret="whsec_" + secrets.token_hex(16),
+            )
+            overrides["stripe_api_base"] = await stripe.start("127.0.0.1", 0)
+            overrides["stripe_api_key"] = "sk_test_emulator"
+            overrides["stripe_webhook_secret"] = stripe.webhook_secret
         if settings.database_url is None:
             pg = EmbeddedPostgres(data / "postgres")
             await pg.start()
@@ -360,6 +385,15 @@ async def run_dev(settings: Settings) -> None:
             )
             _say(f"  NATS       {merged.nats_url}" + ("  (embedded, JetStream)" if nats else ""))
             _say(
+                "  Stripe     "
+                + (
+                    f"emulator at {merged.stripe_api_base}"
+                    if stripe
+                    else ("api.stripe.com" if merged.stripe_api_key else "billing off")
+                )
+                + f"   (billing page: {merged.base_url}/billing)"
+            )
+            _say(
                 "  mail       "
                 + (
                     f"SMTP {merged.smtp_host}:{merged.smtp_port}"
@@ -381,6 +415,8 @@ async def run_dev(settings: Settings) -> None:
                 await _finish(res)
     finally:
         shutdown_tracing(provider)
+        if stripe is not None:
+            await stripe.stop()
         if nats is not None:
             await nats.stop()
         if pg is not None:

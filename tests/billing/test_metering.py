@@ -16,6 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
+from billing.emulator import StripeEmulator
+from billing.gateway import StripeGateway
 from billing.ledger import repository as repo
 from billing.ledger import service as ledger
 from billing.models import LedgerEntry, PlanPrice
@@ -532,24 +534,19 @@ class Stripe:
 
 @pytest.fixture
 async def stripe() -> AsyncIterator[Stripe]:
-    emulator_mod = pytest.importorskip("billing.emulator")
-    gateway_mod = pytest.importorskip("billing.gateway")
-    emulator = emulator_mod.StripeEmulator()
+    emulator = StripeEmulator()
     url = await emulator.start("127.0.0.1", 0)
     settings = load_settings(
         env={},
         stripe_api_key="sk_test_ledger",
         stripe_api_base=url,
-        stripe_webhook_secret=getattr(emulator, "webhook_secret", "whsec_test"),
+        stripe_webhook_secret=emulator.webhook_secret,
     )
-    gateway = gateway_mod.StripeGateway.from_settings(settings)
+    gateway = StripeGateway.from_settings(settings)
     try:
         async with httpx.AsyncClient(base_url=url) as http:
             yield Stripe(url, gateway, http)
     finally:
-        close = getattr(gateway, "aclose", None) or getattr(gateway, "close", None)
-        if close is not None:
-            await close()
         await emulator.stop()
 
 

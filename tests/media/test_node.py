@@ -334,6 +334,33 @@ async def test_calls_that_must_not_reach_a_tenant_are_refused(
     assert events.by_type == {}, who
 
 
+async def test_callers_of_a_suspended_tenant_hear_a_notice_and_no_flow_runs(
+    api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tenant = await provision(api, admin_conn)
+    await admin_conn.execute(
+        "update tenants set status = 'suspended' where tenant_id = $1", tenant.id
+    )
+    events, sub = await listen_calls(api, tenant.id)
+    async with running_node(api) as running:
+        result = await run_sipp(
+            f"127.0.0.1:{running.node.sip_ports['udp']}",
+            scenario("queue_caller.xml", tmp_path, MEDIA="", CALLER="12125550111"),
+            tmp_path,
+            service=NUMBER.lstrip("+"),
+            timeout=45,
+        )
+        assert result.ok, result.explain()
+        ended = await events.wait("call.ended", 1)
+        await settled(running)
+    await sub.unsubscribe()
+    steps = events.of("call.flow_step")
+    assert [(s["node"], s["node_type"]) for s in steps] == [("suspended", "notice")]
+    assert (ended[0]["cause"], ended[0]["reason"]) == ("local_hangup", "tenant_suspended")
+    # The notice is a few seconds of speech, played in full before the node hangs up.
+    assert ended[0]["talk_ms"] > 3000, ended[0]
+
+
 async def test_draining_node_answers_503_with_retry_after_and_keeps_its_calls(
     api: Api, admin_conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
