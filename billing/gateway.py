@@ -77,7 +77,7 @@ class StripeGateway:
         client = stripe.StripeClient(
             settings.stripe_api_key,
             base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
-            http_client=stripe.HTTPXClient(timeout=15),
+            http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
             max_network_retries=2,
         )
         return cls(

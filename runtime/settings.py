@@ -113,6 +113,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stripe_webhook_secret: str | None = None
     """The endpoint's signing secret (whsec_...) that Stripe-Signature headers are checked with."""
     stripe_webhook_tolerance_seconds: int = 300
+    stripe_timeout_seconds: float = 15.0
+    """How long one Stripe request may take before it is given up (and retried)."""
     billing_enabled: bool = True
     """Whether workers meter usage and sync with Stripe (needs stripe_api_key)."""
     billing_grace_hours: float = 72.0
@@ -207,6 +209,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 10 <= self.stripe_webhook_tolerance_seconds <= 3600,
                 "10..3600",
             ),
+            ("stripe_timeout_seconds", 0.1 <= self.stripe_timeout_seconds <= 120, "0.1..120"),
             ("billing_grace_hours", 0 <= self.billing_grace_hours <= 24 * 90, "0..2160"),
             (
                 "billing_sync_interval_seconds",

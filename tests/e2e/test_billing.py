@@ -257,17 +257,28 @@ async def _account_ready(admin: asyncpg.Connection, tenant: str) -> asyncpg.Reco
     return row
 
 
+@pytest.fixture
+async def impatient(
+    services: Services, database: str, smtp: tuple[MailCatcher, int]
+) -> AsyncIterator[tuple[Api, StripeEmulator]]:
+    """A worker that gives up on a Stripe request after a second."""
+    mail, port = smtp
+    async with billed_api(services, database, mail, port, stripe_timeout_seconds=1.0) as running:
+        yield running
+
+
 async def test_a_worker_killed_mid_batch_and_stripe_failing_lose_nothing_and_count_nothing_twice(
-    billed: tuple[Api, StripeEmulator], admin_conn: asyncpg.Connection
+    impatient: tuple[Api, StripeEmulator], admin_conn: asyncpg.Connection
 ) -> None:
-    api, emulator = billed
+    api, emulator = impatient
     owner = await api.signup_verified("owner@acme.test")
     tenant = owner["tenant_id"]
     account = await _until(lambda: _account_ready(admin_conn, tenant), timeout=30)
     customer = account["stripe_customer_id"]
     billing_tasks = [t for t in api.resources.tasks if t.get_name().startswith("billing-")]
     assert billing_tasks
-    # Stripe answers late (after doing the work) and then fails outright for a while.
+    # Stripe answers too late for the worker (after doing the work) and then fails outright for
+    # a while.
     await _emulator(emulator, "POST", "/_emulator/faults", json={"delay": 3, "count": 4})
     for _ in range(20):
         await publish(api.resources.bus, _call_ended(tenant, talk_s=30), media_events.codec)
@@ -316,6 +327,8 @@ async def test_webhooks_are_verified_handled_once_and_drive_the_tenant_through_s
     tenant = owner["tenant_id"]
     account = await _until(lambda: _account_ready(admin_conn, tenant), timeout=30)
     customer = account["stripe_customer_id"]
+
+    finance = await _invite(api, owner, "fin@acme.test", "finance")
 
     # Forged and stale signatures are refused and stored nowhere.
     body = json.dumps(
@@ -411,9 +424,14 @@ async def test_webhooks_are_verified_handled_once_and_drive_the_tenant_through_s
         for p in [p["payload"]]
     ]
     assert changes == ["past_due", "suspended", "active"]
-    r = await api.client.get("/v1/billing/invoices", headers=owner["auth"])
-    assert r.status_code == 200
-    assert [i["status"] for i in r.json()["data"]] == ["paid"]
+    r = await api.client.get("/v1/billing/invoices", headers=finance)
+    assert r.status_code == 200, r.text
+    paid = [i for i in r.json()["data"] if i["id"] == invoice["id"]]
+    assert [(i["status"], i["total"], i["amount_paid"]) for i in paid] == [
+        ("paid", invoice["total"], invoice["total"])
+    ]
+    assert paid[0]["total"] >= 4900  # the starter plan's monthly price at least
+    assert paid[0]["invoice_pdf"].startswith("http")
 
 
 async def _is(read: Callable[[], Awaitable[str]], wanted: str) -> bool:
