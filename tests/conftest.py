@@ -210,6 +210,19 @@ class Api:
         tokens = r.json()
         return {**signup, **tokens, "auth": {"Authorization": f"Bearer {tokens['access_token']}"}}
 
+    async def member(self, owner: dict[str, Any], email: str, role: str) -> dict[str, str]:
+        """Invite a user with `role`, accept through the mailed link; their auth header."""
+        r = await self.client.post(
+            "/v1/users", json={"email": email, "role": role}, headers=owner["auth"]
+        )
+        assert r.status_code == 201, r.text
+        token = MailCatcher.token_in(await self.mail.wait_for(email, "invited"))
+        r = await self.client.post(
+            "/v1/auth/accept-invitation", json={"token": token, "password": "Calls-Passw0rd-1"}
+        )
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
 
 def api_settings(smtp_port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = {

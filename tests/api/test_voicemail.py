@@ -25,7 +25,7 @@ from switchboard.media_directory import CatalogDirectory
 from tenancy import media as catalog
 from tenancy.models import TenantId
 from tenancy.vault import Vault
-from tests.conftest import Api, MailCatcher
+from tests.conftest import Api
 from tests.media import sine_samples
 
 QUEUE = uuid.UUID("0190a000-0000-7000-8000-0000000000aa")
@@ -86,19 +86,6 @@ def _problem(r: Any, status: int) -> dict[str, Any]:
     body: dict[str, Any] = r.json()
     assert body["status"] == status
     return body
-
-
-async def _member(api: Api, owner: dict[str, Any], email: str, role: str) -> dict[str, str]:
-    r = await api.client.post(
-        "/v1/users", json={"email": email, "role": role}, headers=owner["auth"]
-    )
-    assert r.status_code == 201, r.text
-    token = MailCatcher.token_in(await api.mail.wait_for(email, "invited"))
-    r = await api.client.post(
-        "/v1/auth/accept-invitation", json={"token": token, "password": "Calls-Passw0rd-1"}
-    )
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 async def _snapshot(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -302,9 +289,9 @@ async def test_supervisors_and_admins_handle_voicemail_but_agents_finance_and_de
     c = api.client
     voicemail_id, path, _ = await _leave(api, owner["tenant_id"], tmp_path)
     refused = [
-        await _member(api, owner, "agent@acme.test", "agent"),
-        await _member(api, owner, "finance@acme.test", "finance"),
-        await _member(api, owner, "dev@acme.test", "developer"),
+        await api.member(owner, "agent@acme.test", "agent"),
+        await api.member(owner, "finance@acme.test", "finance"),
+        await api.member(owner, "dev@acme.test", "developer"),
     ]
     r = await c.post(
         "/v1/api-keys",
@@ -325,8 +312,8 @@ async def test_supervisors_and_admins_handle_voicemail_but_agents_finance_and_de
     assert await _snapshot(admin_conn) == before
     assert path.exists()
 
-    supervisor = await _member(api, owner, "sup@acme.test", "supervisor")
-    admin = await _member(api, owner, "admin@acme.test", "admin")
+    supervisor = await api.member(owner, "sup@acme.test", "supervisor")
+    admin = await api.member(owner, "admin@acme.test", "admin")
     r = await c.get(f"/v1/voicemails/{voicemail_id}/audio", headers=supervisor)
     assert r.status_code == 200, r.text
     r = await c.post(f"/v1/voicemails/{voicemail_id}/listened", headers=supervisor)
@@ -383,10 +370,10 @@ async def test_owners_and_admins_read_the_lookup_secret_and_every_read_is_audite
     secret = r.json()["secret"]
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
-    admin = await _member(api, owner, "admin@acme.test", "admin")
+    admin = await api.member(owner, "admin@acme.test", "admin")
     r = await c.get("/v1/integrations/lookup-secret", headers=admin)
     assert r.json()["secret"] == secret
-    supervisor = await _member(api, owner, "sup@acme.test", "supervisor")
+    supervisor = await api.member(owner, "sup@acme.test", "supervisor")
     _problem(await c.get("/v1/integrations/lookup-secret", headers=supervisor), 403)
     other = await api.signup_verified("owner@other.test", "Other")
     r = await c.get("/v1/integrations/lookup-secret", headers=other["auth"])

@@ -117,19 +117,6 @@ async def _meter_events(emulator: StripeEmulator, customer: str) -> list[dict[st
     return events
 
 
-async def _invite(api: Api, owner: dict[str, Any], email: str, role: str) -> dict[str, str]:
-    r = await api.client.post(
-        "/v1/users", json={"email": email, "role": role}, headers=owner["auth"]
-    )
-    assert r.status_code == 201, r.text
-    token = MailCatcher.token_in(await api.mail.wait_for(email, "invited"))
-    r = await api.client.post(
-        "/v1/auth/accept-invitation", json={"token": token, "password": "Calls-Passw0rd-1"}
-    )
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
 def _call_ended(tenant_id: str, *, talk_s: float, direction: str = "inbound") -> Any:
     ended = datetime.now(UTC)
     answered = ended - timedelta(seconds=talk_s) if talk_s else None
@@ -224,8 +211,8 @@ async def test_signup_creates_the_customer_and_seats_and_calls_are_billed_exactl
     assert set(identifiers) == ledger_keys
 
     # The finance user sees the same usage; an agent is refused.
-    finance = await _invite(api, owner, "fin@acme.test", "finance")
-    agent = await _invite(api, owner, "ann@acme.test", "agent")
+    finance = await api.member(owner, "fin@acme.test", "finance")
+    agent = await api.member(owner, "ann@acme.test", "agent")
     # This billing period began at sign-up, today: yesterday's seat-days lie before it.
     r = await api.client.get("/v1/billing/usage", headers=finance)
     assert r.status_code == 200, r.text
@@ -328,7 +315,7 @@ async def test_webhooks_are_verified_handled_once_and_drive_the_tenant_through_s
     account = await _until(lambda: _account_ready(admin_conn, tenant), timeout=30)
     customer = account["stripe_customer_id"]
 
-    finance = await _invite(api, owner, "fin@acme.test", "finance")
+    finance = await api.member(owner, "fin@acme.test", "finance")
 
     # Forged and stale signatures are refused and stored nowhere.
     body = json.dumps(
