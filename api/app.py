@@ -18,6 +18,7 @@ from api.controllers.agent_ws import agent_socket
 from api.controllers.agents import AgentPresenceController, QueueLiveController
 from api.controllers.auth import AuthController, OAuthController
 from api.controllers.billing import BillingController, StripeWebhookController
+from api.controllers.billing_page import BillingPageController
 from api.controllers.calls import CallMonitorController
 from api.controllers.contacts import ContactController
 from api.controllers.flows import FlowController, NumberRoutingController
@@ -150,6 +151,7 @@ def create_app(deps: ApiDeps, *, debug: bool = False) -> Litestar:
             SoftphoneController,
             CallMonitorController,
             BillingController,
+            BillingPageController,
             StripeWebhookController,
             agent_socket,
         ],

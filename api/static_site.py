@@ -30,7 +30,11 @@ class _Asset:
 
 
 class StaticSite:
-    def __init__(self, directory: Path, headers: dict[str, str]) -> None:
+    def __init__(
+        self, directory: Path, headers: dict[str, str], shared: dict[str, Path] | None = None
+    ) -> None:
+        """`shared` serves files of another folder under the names given (one module used
+        by two pages)."""
         self._headers = headers
         self._page = _Asset((directory / "index.html").read_bytes(), "text/html")
         self._files = {
@@ -38,6 +42,8 @@ class StaticSite:
             for path in sorted(directory.iterdir())
             if path.is_file() and path.suffix in MEDIA_TYPES
         }
+        for name, path in (shared or {}).items():
+            self._files[name] = _Asset(path.read_bytes(), MEDIA_TYPES[path.suffix])
 
     def served_files(self) -> list[str]:
         return sorted(self._files)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
@@ -423,3 +425,80 @@ async def test_webhooks_are_verified_handled_once_and_drive_the_tenant_through_s
 
 async def _is(read: Callable[[], Awaitable[str]], wanted: str) -> bool:
     return await read() == wanted
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    playwright_api = pytest.importorskip(
+        "playwright.async_api", reason="Playwright drives the page in Chromium"
+    )
+    executable = next(
+        (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))),
+        None,
+    )
+    if executable is None:
+        pytest.skip("no Chromium on this machine")
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=executable)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def _sign_in(browser: Any, base: str, email: str) -> tuple[Any, list[str]]:
+    page = await (await browser.new_context(accept_downloads=True)).new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(str(err)))
+    await page.goto(f"{base}/billing/")
+    await page.fill("#login-email", email)
+    await page.fill("#login-password", "Calls-Passw0rd-1")
+    await page.click("#login-submit")
+    return page, problems
+
+
+async def test_a_finance_user_reads_the_bill_in_the_browser_and_an_agent_is_turned_away(
+    billed: tuple[Api, StripeEmulator], admin_conn: asyncpg.Connection, browser: Any
+) -> None:
+    api, emulator = billed
+    owner = await api.signup_verified("owner@acme.test")
+    await _until(lambda: _account_ready(admin_conn, owner["tenant_id"]), timeout=30)
+    await api.member(owner, "fin@acme.test", "finance")
+    await api.member(owner, "ann@acme.test", "agent")
+    await api.client.post("/v1/seats", json={}, headers=owner["auth"])
+    await publish(
+        api.resources.bus, _call_ended(owner["tenant_id"], talk_s=125), media_events.codec
+    )
+    await _until(
+        lambda: admin_conn.fetchval(
+            "select count(*) = 2 from usage_sent where tenant_id = $1", UUID(owner["tenant_id"])
+        ),
+        timeout=30,
+    )
+    base = str(api.client.base_url).rstrip("/")
+
+    page, problems = await _sign_in(browser, base, "fin@acme.test")
+    await page.wait_for_selector("#billing:not([hidden])")
+    assert "trial" in await page.text_content("#plan-summary")
+    totals = await page.inner_text("#usage-totals tbody")
+    assert "Seat-days\t1" in totals
+    assert "Voice minutes\t3" in totals
+    assert "Balanced" in await page.text_content("#recon-headline")
+    async with page.expect_download() as download_info:
+        await page.click("#csv")
+    download = await download_info.value
+    csv_text = Path(await download.path()).read_text()
+    assert csv_text.splitlines()[0].startswith("key,meter,quantity")
+    assert len(csv_text.strip().splitlines()) == 3
+    await page.click("#portal")
+    await page.wait_for_url(f"{emulator.url}/_emulator/portal/*")
+    assert problems == []
+
+    page, problems = await _sign_in(browser, base, "ann@acme.test")
+
+    async def turned_away() -> bool:
+        return "owners and finance" in (await page.text_content("#message") or "")
+
+    await _until(turned_away, timeout=15)
+    assert await page.is_hidden("#billing")
+    assert problems == []
